@@ -1,0 +1,130 @@
+"""The floor: the bare SQL cost of the statements Workmatic runs, on a raw connection.
+
+The schema comes from Workmatic itself (``create_database`` for a file, the same
+migrations for ``:memory:``), and the statements are those of ``workmatic._sql``: its
+functions are called directly on a raw pysqlite3 connection with the same pragmas
+(WAL, ``synchronous=NORMAL``, ``temp_store=MEMORY``). Parameters (ids, payload JSON) are
+prepared before the clock starts, so what is timed is SQLite plus the thin ``_sql``
+wrappers: the best a perfect Python layer could do with those statements.
+
+Transactions are grouped the way an ideal group commit would group them:
+
+* ``seq_add``: one INSERT per transaction (a lone caller cannot be grouped);
+* ``par_add``: 100 INSERTs per transaction (the 100 waiting callers);
+* ``add_many``: one ``executemany`` in one transaction;
+* ``process`` at concurrency *c*: one transaction per round that finishes the *c* jobs of
+  the previous round and claims the next *c* (``_sql.finish`` + ``_sql.claim``);
+* ``mixed``: one transaction per round with one INSERT per producer plus the round's
+  finish-and-claim.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from _common import Result, import_workmatic, payloads, rate
+
+workmatic = import_workmatic()
+from workmatic import _driver, _sql  # noqa: E402
+from workmatic.job import new_job_id, now_ms  # noqa: E402
+
+QUEUE = "bench"
+PRAGMAS = (
+    "PRAGMA busy_timeout = 0",
+    "PRAGMA synchronous = {sync}",
+    "PRAGMA temp_store = MEMORY",
+)
+
+
+def connect(path: str, durability: str) -> Any:
+    """Return a raw connection to a Workmatic-schema database at *path*."""
+    sync = "FULL" if durability == "full" else "NORMAL"
+    if path == ":memory:":
+        conn = _driver.sqlite.connect(":memory:", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        _sql.migrate(conn, 0)
+        conn.execute("COMMIT")
+    else:
+        workmatic.create_database(path, durability=durability).close()
+        conn = _driver.sqlite.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+    for pragma in PRAGMAS:
+        conn.execute(pragma.format(sync=sync))
+    return conn
+
+
+def new_rows(count: int, start: int = 0) -> list[_sql.NewJob]:
+    """Return *count* insert rows shaped exactly as ``Client.add`` builds them."""
+    now = now_ms()
+    return [
+        (new_job_id(), QUEUE, json.dumps(p, separators=(",", ":")), 0, now, 3, now, now, None, 1)
+        for p in payloads(count, start)
+    ]
+
+
+def _process(conn: Any, jobs: int, concurrency: int, producers: int = 0) -> int:
+    """Finish-and-claim rounds until *jobs* jobs are done; return the done count."""
+    held: list[tuple[Any, ...]] = []
+    done = 0
+    pending = new_rows(jobs) if producers else []
+    lease = 30_000
+    while done < jobs:
+        now = now_ms()
+        conn.execute("BEGIN IMMEDIATE")
+        for _ in range(producers):
+            if pending:
+                _sql.insert_job(conn, pending.pop())
+        for row in held:
+            if _sql.finish(conn, ("done", row[0], row[15], now, None)):
+                done += 1
+        held = _sql.claim(conn, QUEUE, concurrency, now, now + lease)
+        conn.execute("COMMIT")
+    return done
+
+
+def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any]) -> Result:
+    """Run one case's bare SQL and return its measurement."""
+    conn = connect(path, durability)
+    concurrency = int(options.get("concurrency", 1))
+    if case in ("seq_add", "par_add", "add_many"):
+        rows = new_rows(jobs)
+        group = {"seq_add": 1, "par_add": int(options.get("greenlets", 100))}.get(case, jobs)
+        start = time.perf_counter()
+        for base in range(0, jobs, group):
+            conn.execute("BEGIN IMMEDIATE")
+            if case == "add_many":
+                _sql.insert_jobs(conn, rows)
+            else:
+                for row in rows[base : base + group]:
+                    _sql.insert_job(conn, row)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+    elif case == "process":
+        rows = new_rows(jobs)
+        conn.execute("BEGIN IMMEDIATE")
+        _sql.insert_jobs(conn, rows)
+        conn.execute("COMMIT")
+        start = time.perf_counter()
+        _process(conn, jobs, concurrency)
+        elapsed = time.perf_counter() - start
+    elif case == "mixed":
+        start = time.perf_counter()
+        _process(conn, jobs, concurrency, producers=int(options.get("producers", 4)))
+        elapsed = time.perf_counter() - start
+    else:
+        raise SystemExit(f"floor: unknown case {case!r}")
+    counts = _sql.count_by_status(conn, QUEUE)
+    conn.close()
+    result: Result = {
+        "jobs": jobs,
+        "seconds": elapsed,
+        "rate": rate(jobs, elapsed),
+        "sqlite_version": _driver.SQLITE_VERSION,
+        "floor_driver": _driver.DRIVER,
+    }
+    expected = "done" if case in ("process", "mixed") else "ready"
+    if counts.get(expected, 0) != jobs:
+        result["error"] = f"expected {jobs} {expected} jobs, found {counts}"
+    return result

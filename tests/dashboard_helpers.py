@@ -1,0 +1,177 @@
+"""Helpers for the dashboard tests, and a small dashboard server to run as a subprocess.
+
+Run as a script, it serves the dashboard of a database file and prints its URL on the
+first line of stdout, then serves until SIGTERM/SIGINT or until stdin closes::
+
+    python tests/dashboard_helpers.py --db jobs.db [--flask] [--worker emails]
+
+``--flask`` mounts the dashboard at ``/workmatic`` inside a Flask app (the shape of a real
+deployment); without it the standalone server serves it at ``/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HELPER = Path(__file__).resolve()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(step)
+
+
+def read_url_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    """Return the first stdout line of ``proc`` that holds an http URL."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            for word in line.split():
+                if word.startswith("http://"):
+                    return word
+    proc.kill()
+    out, err = proc.communicate(timeout=5)
+    raise AssertionError(f"no URL printed by {proc.args!r}\nstdout: {out}\nstderr: {err}")
+
+
+@contextlib.contextmanager
+def running(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start a program that prints its URL, yield (process, url), then stop it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=str(cwd or ROOT),
+    )
+    try:
+        yield proc, read_url_line(proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(stop_signal)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream is not None:
+                stream.close()
+
+
+def http(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """Make a blocking HTTP request; return (status, headers, body) even for 4xx/5xx."""
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--flask", action="store_true", help="mount at /workmatic in Flask")
+    parser.add_argument("--worker", action="append", default=[], help="a (stopped) worker")
+    options = parser.parse_args(argv)
+
+    import gevent
+    import gevent.event
+    import gevent.pywsgi
+
+    import workmatic
+
+    db = workmatic.create_database(options.db)
+    workers = [workmatic.create_worker(db, queue) for queue in options.worker]
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+
+    if options.flask:
+        import flask
+
+        app = flask.Flask("dashboard_test_app")
+
+        @app.route("/")
+        def home() -> str:
+            return "flask home"
+
+        app.wsgi_app = workmatic.create_dashboard_middleware(  # type: ignore[method-assign]
+            app.wsgi_app, db, path="/workmatic", workers=workers
+        )
+        server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
+        server.start()
+        print(f"http://127.0.0.1:{server.server_port}/workmatic/", flush=True)
+        close: Callable[[], None] = server.stop
+    else:
+        dash = workmatic.create_dashboard(db, port=0, workers=workers)
+        print(dash.url, flush=True)
+        close = dash.close
+
+    def watch_stdin() -> None:
+        # The test closes our stdin when it goes away: never outlive it.
+        gevent.get_hub().threadpool.apply(sys.stdin.read)
+        stop.set()
+
+    gevent.spawn(watch_stdin)
+    stop.wait()
+    close()
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(_serve())

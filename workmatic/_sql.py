@@ -1,0 +1,466 @@
+"""Every SQL statement Workmatic runs, for SQLite: the storage interface.
+
+Each function takes a DB-API connection (in autocommit mode; the caller owns the
+transaction) and plain values. Another backend (PostgreSQL with ``FOR UPDATE SKIP
+LOCKED`` and ``LISTEN/NOTIFY``) would provide a module with the same functions.
+
+Design notes:
+
+* ``id INTEGER PRIMARY KEY`` (no AUTOINCREMENT) orders jobs by insertion; ``public_id`` is
+  time-ordered, so both indexes grow at their right edge.
+* A ``ready`` job is either *due* (``due = 1``: in ``jobs_claim``, ordered by priority then
+  id) or *delayed* (``due = 0``: in ``jobs_delayed``, ordered by ``run_at``). Every claim
+  first promotes delayed jobs whose time has come (an index seek that stops at the first
+  future job), so the claim itself never rescans jobs that are not yet due, however many
+  there are and whatever their priority.
+* ``token`` is the fencing token: each claim increments it, and completion, failure,
+  renewal and release apply only with the token of the claim that took the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+SCHEMA_VERSION = 2
+
+#: The columns every job read returns, in this order (see ``database.row_to_job``).
+JOB_COLUMNS = (
+    "id, public_id, queue, payload, status, priority, attempts, max_attempts, created_at,"
+    " run_at, last_error, result, updated_at, lease_until, key, token"
+)
+
+# Version 1: the original columns (those of the Node original's CSV format).
+_V1 = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY,
+        public_id TEXT NOT NULL UNIQUE,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_error TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL DEFAULT 0
+    )""",
+]
+
+# Version 2: results, idempotency keys, fencing tokens, the due flag, and the indexes.
+_V2 = [
+    "ALTER TABLE jobs ADD COLUMN result TEXT",
+    "ALTER TABLE jobs ADD COLUMN key TEXT",
+    "ALTER TABLE jobs ADD COLUMN token INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN due INTEGER NOT NULL DEFAULT 1",
+    "UPDATE jobs SET due = 0 WHERE status = 'ready'"
+    " AND run_at > CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority, id)"
+    " WHERE status = 'ready' AND due = 1",
+    "CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (queue, run_at)"
+    " WHERE status = 'ready' AND due = 0",
+    "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, lease_until) WHERE status = 'running'",
+    "CREATE INDEX IF NOT EXISTS jobs_queue_status ON jobs (queue, status, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (queue, key) WHERE key IS NOT NULL",
+]
+
+#: Migrations by the version they lead to.
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+
+LEASE_EXPIRED = (
+    "lease expired: the worker holding this job stopped renewing its lease"
+    " (it crashed, was killed, or was blocked for longer than the lease)"
+)
+
+
+def schema_version(conn: Any) -> int:
+    """Return ``PRAGMA user_version``."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def has_jobs_table(conn: Any) -> bool:
+    """Whether the file has a ``jobs`` table (of any shape)."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'")
+    return row.fetchone() is not None
+
+
+def migrate(conn: Any, current: int) -> int:
+    """Apply every migration after ``current`` (inside the caller's transaction)."""
+    version = current
+    for target in sorted(MIGRATIONS):
+        if target <= version:
+            continue
+        for statement in MIGRATIONS[target]:
+            if target == 2 and "unixepoch" in statement and not _has_unixepoch(conn):
+                statement = statement.replace(
+                    "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+                    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+                )
+            conn.execute(statement)
+        version = target
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+    return version
+
+
+def _has_unixepoch(conn: Any) -> bool:
+    try:
+        conn.execute("SELECT unixepoch('subsec')").fetchone()
+    except Exception:
+        return False
+    return True
+
+
+# --- adding ----------------------------------------------------------------------------
+
+_INSERT = (
+    "INSERT INTO jobs (public_id, queue, payload, status, priority, run_at, attempts,"
+    " max_attempts, lease_until, created_at, updated_at, key, due)"
+    " VALUES (?, ?, ?, 'ready', ?, ?, 0, ?, 0, ?, ?, ?, ?)"
+)
+_FIND_ACTIVE_KEY = (
+    "SELECT public_id FROM jobs WHERE queue = ? AND key = ? AND status IN ('ready', 'running')"
+    " LIMIT 1"
+)
+
+#: One new job: (public_id, queue, payload, priority, run_at, max_attempts, now, now, key, due)
+NewJob = tuple[str, str, str, int, int, int, int, int, "str | None", int]
+
+
+def insert_job(conn: Any, row: NewJob) -> str:
+    """Insert one job; with a key, return the active job holding that key instead."""
+    key = row[8]
+    if key is not None:
+        found = conn.execute(_FIND_ACTIVE_KEY, (row[1], key)).fetchone()
+        if found is not None:
+            return str(found[0])
+    conn.execute(_INSERT, row)
+    return row[0]
+
+
+def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
+    """Insert many keyless jobs in one statement batch."""
+    conn.executemany(_INSERT, rows)
+    return [row[0] for row in rows]
+
+
+_IMPORT = (
+    "INSERT INTO jobs (public_id, queue, payload, status, priority, run_at, attempts,"
+    " max_attempts, lease_until, created_at, updated_at, last_error, result, key, due)"
+    " VALUES (:public_id, :queue, :payload, :status, :priority, :run_at, :attempts,"
+    " :max_attempts, 0, :created_at, :updated_at, :last_error, :result, :key, :due)"
+    " ON CONFLICT (public_id) DO NOTHING"
+)
+
+
+def import_jobs(conn: Any, records: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """Insert records, skipping public ids already present. Returns (inserted, skipped)."""
+    before = conn.total_changes
+    seen = 0
+
+    def counted() -> Iterable[dict[str, Any]]:
+        nonlocal seen
+        for record in records:
+            seen += 1
+            yield record
+
+    conn.executemany(_IMPORT, counted())
+    inserted = conn.total_changes - before
+    return inserted, seen - inserted
+
+
+# --- claiming and finishing ------------------------------------------------------------
+
+_PAUSED = "SELECT paused FROM queues WHERE name = ?"
+_PROMOTE = (
+    "UPDATE jobs SET due = 1 WHERE queue = ? AND status = 'ready' AND due = 0 AND run_at <= ?"
+)
+_SELECT_DUE = (
+    f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND status = 'ready' AND due = 1"
+    " ORDER BY priority, id LIMIT ?"
+)
+_REAP = (
+    "UPDATE jobs SET attempts = attempts + 1,"
+    " status = CASE WHEN attempts + 1 >= max_attempts THEN 'dead' ELSE 'ready' END,"
+    " due = 1, run_at = ?1, lease_until = 0, token = token + 1, updated_at = ?1, last_error = ?2"
+    " WHERE queue = ?3 AND status = 'running' AND lease_until < ?1"
+)
+_NEXT_DUE = (
+    "SELECT run_at FROM jobs WHERE queue = ? AND status = 'ready' AND due = 0"
+    " ORDER BY run_at LIMIT 1"
+)
+
+
+def is_paused(conn: Any, queue: str) -> bool:
+    """Whether the queue is paused (in every process)."""
+    row = conn.execute(_PAUSED, (queue,)).fetchone()
+    return bool(row and row[0])
+
+
+def claim(conn: Any, queue: str, limit: int, now: int, lease_until: int) -> list[tuple[Any, ...]]:
+    """Claim up to ``limit`` due jobs of an unpaused queue: best priority first, then FIFO.
+
+    Returns the claimed rows (``JOB_COLUMNS``) as they are after the claim.
+    """
+    if limit <= 0 or is_paused(conn, queue):
+        return []
+    conn.execute(_PROMOTE, (queue, now))
+    rows = conn.execute(_SELECT_DUE, (queue, limit)).fetchall()
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    marks = ",".join("?" * len(ids))
+    conn.execute(
+        "UPDATE jobs SET status = 'running', lease_until = ?, token = token + 1, updated_at = ?"
+        f" WHERE id IN ({marks})",
+        (lease_until, now, *ids),
+    )
+    return [
+        (*row[:4], "running", *row[5:12], now, lease_until, row[14], row[15] + 1) for row in rows
+    ]
+
+
+_PEEK = (
+    "SELECT (SELECT paused FROM queues WHERE name = ?1),"
+    " EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND status = 'ready' AND due = 1),"
+    " (SELECT run_at FROM jobs WHERE queue = ?1 AND status = 'ready' AND due = 0"
+    "  ORDER BY run_at LIMIT 1),"
+    " EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND status = 'running' AND lease_until < ?2)"
+)
+
+
+def peek(conn: Any, queue: str, now: int) -> tuple[bool, bool, int | None, bool]:
+    """A read-only look before claiming: (paused, has_due, next_delayed_run_at, has_expired)."""
+    paused, has_due, next_delayed, expired = conn.execute(_PEEK, (queue, now)).fetchone()
+    return bool(paused), bool(has_due), next_delayed, bool(expired)
+
+
+def reap_and_claim(
+    conn: Any, queue: str, limit: int, now: int, lease_until: int, reap: bool
+) -> list[tuple[Any, ...]]:
+    """Expire stale leases (if asked), then claim."""
+    if reap:
+        reap_expired(conn, queue, now)
+    return claim(conn, queue, limit, now, lease_until)
+
+
+def reap_expired(conn: Any, queue: str, now: int) -> int:
+    """Turn the queue's expired leases into failed attempts (``ready`` again, or ``dead``)."""
+    return int(conn.execute(_REAP, (now, LEASE_EXPIRED, queue)).rowcount)
+
+
+def next_due(conn: Any, queue: str) -> int | None:
+    """The earliest ``run_at`` of the queue's delayed jobs, or None."""
+    row = conn.execute(_NEXT_DUE, (queue,)).fetchone()
+    return int(row[0]) if row else None
+
+
+_COMPLETE = (
+    "UPDATE jobs SET status = 'done', result = ?, lease_until = 0, updated_at = ?"
+    " WHERE id = ? AND token = ? AND status = 'running'"
+)
+_RETRY_LATER = (
+    "UPDATE jobs SET status = 'ready', attempts = attempts + 1, last_error = ?, run_at = ?,"
+    " due = ?, lease_until = 0, updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
+)
+_FAIL = (
+    "UPDATE jobs SET status = ?, attempts = attempts + 1, last_error = ?, lease_until = 0,"
+    " updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
+)
+_RELEASE = (
+    "UPDATE jobs SET status = 'ready', due = 1, lease_until = 0, updated_at = ?"
+    " WHERE id = ? AND token = ? AND status = 'running'"
+)
+_RENEW = (
+    "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'"
+)
+
+#: How a run ended: (kind, rowid, token, now, data...) where kind is one of
+#: "done" (result_json), "retry" (error, run_at, due), "dead"/"failed" (error), "release" ().
+Outcome = tuple[Any, ...]
+
+
+def finish(conn: Any, outcome: Outcome) -> bool:
+    """Record a run's outcome, fenced by the claim's token. Returns False if the lease was lost."""
+    kind, rowid, token, now = outcome[:4]
+    if kind == "done":
+        cur = conn.execute(_COMPLETE, (outcome[4], now, rowid, token))
+    elif kind == "retry":
+        error, run_at, due = outcome[4:7]
+        cur = conn.execute(_RETRY_LATER, (error, run_at, due, now, rowid, token))
+    elif kind in ("dead", "failed"):
+        cur = conn.execute(_FAIL, (kind, outcome[4], now, rowid, token))
+    elif kind == "release":
+        cur = conn.execute(_RELEASE, (now, rowid, token))
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown outcome {kind!r}")
+    return bool(cur.rowcount)
+
+
+def finish_and_claim(
+    conn: Any, outcome: Outcome | None, queue: str, limit: int, now: int, lease_until: int
+) -> tuple[bool, list[tuple[Any, ...]]]:
+    """Record an outcome and claim the next jobs in the same transaction."""
+    held = finish(conn, outcome) if outcome is not None else True
+    return held, claim(conn, queue, limit, now, lease_until)
+
+
+def renew(conn: Any, leases: Sequence[tuple[int, int]], lease_until: int) -> list[int]:
+    """Extend the leases of ``(rowid, token)`` pairs; return the rowids no longer held."""
+    lost = []
+    for rowid, token in leases:
+        if not conn.execute(_RENEW, (lease_until, rowid, token)).rowcount:
+            lost.append(rowid)
+    return lost
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _where(queue: str | None, statuses: Sequence[str] | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    if statuses:
+        clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def get_job(conn: Any, public_id: str) -> tuple[Any, ...] | None:
+    """One job's row by public id."""
+    row: tuple[Any, ...] | None = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE public_id = ?", (public_id,)
+    ).fetchone()
+    return row
+
+
+def list_jobs(
+    conn: Any, queue: str | None, statuses: Sequence[str] | None, limit: int, offset: int
+) -> list[tuple[Any, ...]]:
+    """Jobs newest first."""
+    where, params = _where(queue, statuses)
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id DESC LIMIT ? OFFSET ?"
+    return list(conn.execute(sql, (*params, limit, offset)).fetchall())
+
+
+def page_jobs(
+    conn: Any, queue: str | None, statuses: Sequence[str] | None, after: int, limit: int
+) -> list[tuple[Any, ...]]:
+    """Jobs in insertion order with rowid greater than ``after`` (keyset pagination)."""
+    where, params = _where(queue, statuses)
+    where = f"{where} AND id > ?" if where else " WHERE id > ?"
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id LIMIT ?"
+    return list(conn.execute(sql, (*params, after, limit)).fetchall())
+
+
+def count_jobs(conn: Any, queue: str | None, statuses: Sequence[str] | None) -> int:
+    """How many jobs match."""
+    where, params = _where(queue, statuses)
+    return int(conn.execute(f"SELECT count(*) FROM jobs{where}", params).fetchone()[0])
+
+
+def count_by_status(conn: Any, queue: str | None) -> dict[str, int]:
+    """``{status: count}`` for one queue or for all."""
+    if queue is None:
+        rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+    else:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM jobs WHERE queue = ? GROUP BY status", (queue,)
+        )
+    return {str(status): int(n) for status, n in rows.fetchall()}
+
+
+def count_by_queue(conn: Any) -> tuple[dict[str, dict[str, int]], dict[str, bool]]:
+    """``{queue: {status: count}}`` and ``{queue: paused}`` for every known queue."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, status, n in conn.execute(
+        "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status"
+    ).fetchall():
+        counts.setdefault(str(queue), {})[str(status)] = int(n)
+    paused = {
+        str(name): bool(p) for name, p in conn.execute("SELECT name, paused FROM queues")
+    }
+    return counts, paused
+
+
+def data_version(conn: Any) -> int:
+    """``PRAGMA data_version``: changes when another connection commits."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+# --- operating -------------------------------------------------------------------------
+
+
+def set_paused(conn: Any, queue: str, paused: bool, now: int) -> None:
+    """Pause or resume a queue, for every process."""
+    conn.execute(
+        "INSERT INTO queues (name, paused, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
+        " updated_at = excluded.updated_at",
+        (queue, int(paused), now),
+    )
+
+
+_RESET = (
+    "status = 'ready', attempts = 0, due = 1, run_at = ?, lease_until = 0, result = NULL,"
+    " updated_at = ?"
+)
+
+
+def retry_job(conn: Any, public_id: str, now: int) -> str | None:
+    """Reset a dead or failed job to ready. Returns its previous status, None if unknown."""
+    row = conn.execute("SELECT status FROM jobs WHERE public_id = ?", (public_id,)).fetchone()
+    if row is None:
+        return None
+    if row[0] in ("dead", "failed"):
+        conn.execute(f"UPDATE jobs SET {_RESET} WHERE public_id = ?", (now, now, public_id))
+    return str(row[0])
+
+
+def retry_jobs(conn: Any, queue: str | None, statuses: Sequence[str], now: int) -> int:
+    """Reset every matching job (never running or ready ones) to ready."""
+    where, params = _where(queue, statuses)
+    return int(conn.execute(f"UPDATE jobs SET {_RESET}{where}", (now, now, *params)).rowcount)
+
+
+def purge(conn: Any, queue: str | None, statuses: Sequence[str]) -> int:
+    """Delete matching jobs; the caller never passes ``running``."""
+    where, params = _where(queue, statuses)
+    return int(conn.execute(f"DELETE FROM jobs{where}", params).rowcount)
+
+
+def transfer(
+    conn: Any, source: str, target: str, statuses: Sequence[str], limit: int, reset: bool, now: int
+) -> int:
+    """Move up to ``limit`` of a queue's jobs (oldest first) to another queue."""
+    where, params = _where(source, statuses)
+    sets = f"queue = ?, {_RESET}" if reset else "queue = ?"
+    values: list[Any] = [target, now, now] if reset else [target]
+    sql = (
+        f"UPDATE jobs SET {sets} WHERE id IN"
+        f" (SELECT id FROM jobs{where} ORDER BY id LIMIT ?)"
+    )
+    return int(conn.execute(sql, (*values, *params, limit)).rowcount)
+
+
+def move_job(conn: Any, public_id: str, target: str, now: int) -> str | None:
+    """Move one job to another queue unless it is running. Returns its status, None if unknown."""
+    row = conn.execute("SELECT status FROM jobs WHERE public_id = ?", (public_id,)).fetchone()
+    if row is None:
+        return None
+    if row[0] != "running":
+        conn.execute(
+            "UPDATE jobs SET queue = ?, updated_at = ? WHERE public_id = ?",
+            (target, now, public_id),
+        )
+    return str(row[0])

@@ -1,0 +1,901 @@
+"""The database: connections, pragmas, the writer greenlet, group commit, cooperative retry.
+
+Every write of a thread goes through that thread's writer greenlet, which takes every
+request queued since its last commit and runs them in one ``BEGIN IMMEDIATE``
+transaction (group commit). Under gevent's monkey-patching a process has one OS thread,
+so one writer; a program that also uses real threads gets one writer per thread, each
+with its own connection, and SQLite serialises them.
+
+Nothing here waits for a lock on the hub: connections use ``busy_timeout = 0`` and a
+busy database is retried with ``gevent.sleep`` backoff until ``lock_timeout``. Large
+transactions (``add_many`` of thousands of jobs, imports, purges) and heavy reads (counts
+over the whole table) run whole in a real thread of gevent's thread pool, so the hub keeps
+serving other greenlets meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+import gevent.monkey
+
+from . import _driver, _sql
+from .exceptions import (
+    DatabaseClosedError,
+    DatabaseError,
+    DatabaseLockedError,
+    DatabaseNotFoundError,
+    InvalidStateError,
+    JobNotFoundError,
+    SchemaError,
+    ValidationError,
+)
+from .job import (
+    STATUSES,
+    ImportResult,
+    Job,
+    JobStats,
+    QueueInfo,
+    decode_json,
+    ms_to_datetime,
+    now_ms,
+)
+from .schemas import validate_queue
+
+__all__ = ["Database", "create_database"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_get_ident: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident")
+_allocate_lock: Callable[[], Any] = gevent.monkey.get_original("_thread", "allocate_lock")
+_real_sleep: Callable[[float], None] = gevent.monkey.get_original("time", "sleep")
+
+#: Most requests one group commit takes.
+MAX_BATCH = 1000
+#: Row count above which a write runs in a real thread instead of on the hub.
+OFFLOAD_ROWS = 2000
+#: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
+WATCH_INTERVAL = 0.005
+
+_DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+
+
+def row_to_job(row: Sequence[Any]) -> Job:
+    """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
+    lease = row[13]
+    return Job(
+        id=str(row[1]),
+        queue=str(row[2]),
+        payload=decode_json(row[3]),
+        status=str(row[4]),
+        priority=_int(row[5]),
+        attempts=_int(row[6]),
+        max_attempts=_int(row[7]),
+        created_at=ms_to_datetime(row[8]),
+        run_at=ms_to_datetime(row[9]),
+        last_error=None if row[10] is None else str(row[10]),
+        result=decode_json(row[11]),
+        updated_at=ms_to_datetime(row[12]),
+        lease_until=ms_to_datetime(lease) if isinstance(lease, int) and lease > 0 else None,
+        key=None if row[14] is None else str(row[14]),
+    )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _statuses(
+    status: str | Sequence[str] | None, allowed: Sequence[str], name: str = "status"
+) -> tuple[str, ...]:
+    if status is None:
+        return tuple(allowed)
+    values = (status,) if isinstance(status, str) else tuple(status)
+    bad = [s for s in values if s not in allowed]
+    if not values or bad:
+        raise ValidationError(
+            {name: [f"Must be one of: {', '.join(allowed)}." + (f" Got {bad[0]!r}." if bad else "")]}
+        )
+    return values
+
+
+class _Conn:
+    """A driver connection and the lock that keeps two threads from using it at once.
+
+    The lock is a real (unpatched) lock; it is only ever held across code that does not
+    yield to the hub, and greenlets take it with a non-blocking spin, so it never blocks
+    the hub and never deadlocks greenlets.
+    """
+
+    __slots__ = ("errors", "lock", "raw")
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.lock = _allocate_lock()
+        self.errors = _driver.error_types(raw)
+
+    def acquire(self, blocking: bool) -> None:
+        if self.lock.acquire(False):
+            return
+        if blocking:
+            self.lock.acquire()
+            return
+        delay = 0.0001
+        while not self.lock.acquire(False):
+            gevent.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+
+class _Request:
+    __slots__ = ("args", "deadline", "exclusive", "fn", "offload", "result")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        deadline: float,
+        exclusive: bool,
+        offload: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.deadline = deadline
+        self.exclusive = exclusive
+        self.offload = offload
+        self.result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+
+class _Writer:
+    """The writer greenlet of one hub: runs queued writes in group-committed transactions."""
+
+    def __init__(self, db: Database, conn: _Conn) -> None:
+        self.db = db
+        self.conn = conn
+        self.hub = gevent.get_hub()
+        self.pending: list[_Request] = []
+        self.wake = gevent.event.Event()
+        self.commits = 0
+        self.greenlet = gevent.spawn(self._run)
+        self.greenlet.name = "workmatic-writer"
+
+    def submit(self, request: _Request) -> None:
+        self.pending.append(request)
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            while not self.pending:
+                if self.db._closed:
+                    return
+                self.wake.clear()
+                self.wake.wait()
+            if self.db._closed:
+                for request in self.pending:
+                    request.result.set_exception(DatabaseClosedError())
+                self.pending.clear()
+                return
+            batch = self._take()
+            try:
+                self._execute(batch)
+            except BaseException as exc:  # never die with callers waiting
+                for request in batch:
+                    if not request.result.ready():
+                        request.result.set_exception(
+                            exc if isinstance(exc, Exception) else DatabaseError(repr(exc))
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _take(self) -> list[_Request]:
+        pending = self.pending
+        if pending[0].exclusive:
+            return [pending.pop(0)]
+        n = 1
+        limit = min(len(pending), MAX_BATCH)
+        while n < limit and not pending[n].exclusive:
+            n += 1
+        batch = pending[:n]
+        del pending[:n]
+        return batch
+
+    def _execute(self, batch: list[_Request]) -> None:
+        if any(r.offload for r in batch):
+            outcomes = self.hub.threadpool.spawn(self._transaction, batch, True).get()
+        else:
+            outcomes = self._transaction(batch, False)
+        if outcomes is None:  # the batch failed as a whole: give each request its own try
+            for request in batch:
+                single = self._transaction([request], False)
+                assert single is not None
+                self._deliver([request], single)
+            return
+        self._deliver(batch, outcomes)
+
+    @staticmethod
+    def _deliver(batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
+        for request, (ok, value) in zip(batch, outcomes):
+            if ok:
+                request.result.set(value)
+            else:
+                request.result.set_exception(value)
+
+    def _transaction(
+        self, batch: list[_Request], in_thread: bool
+    ) -> list[tuple[bool, Any]] | None:
+        """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a
+        request of a multi-request batch failed (nothing was committed)."""
+        conn = self.conn
+        deadline = min(r.deadline for r in batch)
+        delay = 0.0005
+        while True:
+            if self.db._closed:
+                return [(False, DatabaseClosedError())] * len(batch)
+            conn.acquire(in_thread)
+            try:
+                try:
+                    conn.raw.execute("BEGIN IMMEDIATE")
+                except conn.errors as exc:
+                    if not _driver.is_busy(exc):
+                        error = self.db._translate(exc)
+                        return [(False, error)] * len(batch)
+                else:
+                    return self._run_in_transaction(batch, deadline)
+            finally:
+                conn.lock.release()
+            if time.monotonic() >= deadline:
+                error = DatabaseLockedError(
+                    f"{self.db._label}: the database stayed locked by another connection"
+                    f" for longer than lock_timeout ({self.db.lock_timeout:g} s)"
+                )
+                return [(False, error)] * len(batch)
+            if in_thread:
+                _real_sleep(delay)
+            else:
+                gevent.sleep(delay)
+            delay = min(delay * 1.6, 0.05)
+
+    def _run_in_transaction(
+        self, batch: list[_Request], deadline: float
+    ) -> list[tuple[bool, Any]] | None:
+        raw = self.conn.raw
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for request in batch:
+                outcomes.append((True, request.fn(raw, *request.args)))
+            self._commit(deadline)
+        except BaseException as exc:
+            try:
+                raw.execute("ROLLBACK")
+            except self.conn.errors:
+                pass
+            if len(batch) > 1 and isinstance(exc, Exception):
+                return None
+            error = self.db._translate(exc) if isinstance(exc, self.conn.errors) else exc
+            if not isinstance(exc, Exception):
+                raise
+            return [(False, error)]
+        self.commits += 1
+        return outcomes
+
+    def _commit(self, deadline: float) -> None:
+        delay = 0.0005
+        while True:
+            try:
+                self.conn.raw.execute("COMMIT")
+                return
+            except self.conn.errors as exc:
+                if not _driver.is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            _real_sleep(delay)  # rare (WAL commits do not wait): keep the lock, stay short
+            delay = min(delay * 2, 0.01)
+
+
+class Database:
+    """A workmatic database: one SQLite file (or an in-memory database) holding every queue.
+
+    Create it with :func:`create_database`. It is a context manager; :meth:`close` it when
+    done. It may be used from any greenlet and any OS thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        connection: Any = None,
+        durability: str = "normal",
+        create: bool = True,
+        lock_timeout: float | timedelta = 30.0,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise ValidationError({"durability": ["Must be one of: normal, full."]})
+        timeout = _seconds(lock_timeout) if not isinstance(lock_timeout, bool) else -1.0
+        if not timeout >= 0:  # also rejects NaN
+            raise ValidationError({"lock_timeout": ["Must be a non-negative number of seconds."]})
+        if (path is None) == (connection is None):
+            raise ValidationError({"path": ["Give either a path or connection=, not both."]})
+        self.durability = durability
+        self.lock_timeout = timeout
+        self.driver = _driver.DRIVER
+        self.sqlite_version = _driver.SQLITE_VERSION
+        self._closed = False
+        self._pid = os.getpid()
+        self._writers: dict[int, _Writer] = {}
+        self._readers: dict[int, _Conn] = {}
+        self._watchers: dict[int, gevent.Greenlet] = {}
+        self._subscribers: dict[int, tuple[Any, str | None, Callable[[], None]]] = {}
+        self._next_subscriber = 0
+        self._shared: _Conn | None = None
+        self._all_conns: list[_Conn] = []
+        if connection is not None:
+            if not isinstance(connection, _driver.CONNECTION_TYPES):
+                raise ValidationError({"connection": ["Must be a sqlite3 or pysqlite3 Connection."]})
+            self.path: str | None = _connection_path(connection)
+            self._uri = ""
+            connection.isolation_level = None
+            self._shared = self._configure(connection)
+        else:
+            text = os.fspath(path)  # type: ignore[arg-type]
+            if not isinstance(text, str) or not text:
+                raise ValidationError({"path": ["Must be a file path or ':memory:'."]})
+            if text == ":memory:":
+                self.path = None
+                self._shared = self._configure(
+                    _driver.sqlite.connect(
+                        ":memory:", isolation_level=None, check_same_thread=False, timeout=0
+                    )
+                )
+            else:
+                self.path = os.path.abspath(text)
+                if not create and not os.path.exists(self.path):
+                    raise DatabaseNotFoundError(f"{self.path}: no such database file")
+                mode = "rw" if not create else "rwc"
+                from urllib.parse import quote
+
+                self._uri = f"file:{quote(self.path)}?mode={mode}"
+        self._label = self.path or ":memory:"
+        try:
+            self._setup(create)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- connections -------------------------------------------------------------------
+
+    def _configure(self, raw: Any) -> _Conn:
+        conn = _Conn(raw)
+        try:
+            raw.execute("PRAGMA busy_timeout = 0")
+            raw.execute(f"PRAGMA synchronous = {_DURABILITY[self.durability]}")
+            raw.execute("PRAGMA temp_store = MEMORY")
+        except conn.errors as exc:
+            raise self._translate(exc) from exc
+        self._all_conns.append(conn)
+        return conn
+
+    def _connect(self) -> _Conn:
+        try:
+            raw = _driver.sqlite.connect(
+                self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        except _driver.sqlite.Error as exc:
+            raise self._translate(exc) from exc
+        return self._configure(raw)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError(f"{self._label}: the database is closed")
+        if os.getpid() != self._pid:  # forked: never share SQLite connections with a parent
+            self._pid = os.getpid()
+            self._writers.clear()
+            self._readers.clear()
+            self._watchers.clear()
+            self._subscribers.clear()
+            self._all_conns = [c for c in self._all_conns if c is self._shared]
+
+    def _reader(self) -> _Conn:
+        if self._shared is not None:
+            return self._shared
+        ident = _get_ident()
+        conn = self._readers.get(ident)
+        if conn is None:
+            conn = self._readers[ident] = self._connect()
+        return conn
+
+    def _writer(self) -> _Writer:
+        ident = _get_ident()
+        writer = self._writers.get(ident)
+        if writer is None or writer.hub is not gevent.get_hub() or writer.greenlet.dead:
+            conn = self._shared if self._shared is not None else self._connect()
+            writer = self._writers[ident] = _Writer(self, conn)
+        return writer
+
+    def _translate(self, exc: BaseException) -> DatabaseError:
+        if isinstance(exc, DatabaseError):
+            return exc
+        text = str(exc)
+        if _driver.is_busy(exc):
+            return DatabaseLockedError(f"{self._label}: {text}")
+        if "not a database" in text:
+            return DatabaseError(f"{self._label}: not an SQLite database (or it is corrupt)")
+        return DatabaseError(f"{self._label}: {text}")
+
+    def _with_retry(self, conn: _Conn, fn: Callable[..., T], args: tuple[Any, ...], blocking: bool) -> T:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.0005
+        while True:
+            conn.acquire(blocking)
+            try:
+                return fn(conn.raw, *args)
+            except conn.errors as exc:
+                if not _driver.is_busy(exc) or time.monotonic() >= deadline:
+                    raise self._translate(exc) from exc
+            finally:
+                conn.lock.release()
+            if blocking:
+                _real_sleep(delay)
+            else:
+                gevent.sleep(delay)
+            delay = min(delay * 1.6, 0.05)
+
+    def _setup(self, create: bool) -> None:
+        conn = self._shared if self._shared is not None else self._connect()
+        version = self._with_retry(conn, lambda raw: _sql.schema_version(raw), (), False)
+        if version == 0:
+            shape = self._with_retry(conn, _legacy_shape, (), False)
+            if shape == "foreign":
+                raise SchemaError(f"{self._label}: has a 'jobs' table that is not workmatic's")
+            if shape == "none" and not create:
+                raise SchemaError(f"{self._label}: not a workmatic database")
+            if shape == "v1":
+                version = 1
+        if version > _sql.SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self._label}: schema version {version} is newer than this workmatic"
+                f" supports ({_sql.SCHEMA_VERSION}); upgrade workmatic"
+            )
+        if self.path is not None:
+            mode = self._with_retry(
+                conn, lambda raw: raw.execute("PRAGMA journal_mode = WAL").fetchone()[0], (), False
+            )
+            if str(mode).lower() != "wal":
+                log.warning("%s: journal_mode is %s, not WAL", self._label, mode)
+        if version < _sql.SCHEMA_VERSION:
+            self._call(conn, _migrate_locked)
+        if self._shared is None:
+            self._readers[_get_ident()] = conn
+
+    def _call(self, conn: _Conn, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a transaction of its own on ``conn`` (used before writers exist)."""
+        deadline = time.monotonic() + self.lock_timeout
+
+        def txn(raw: Any) -> T:
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(raw, *args)
+                raw.execute("COMMIT")
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            return value
+
+        while True:
+            try:
+                return self._with_retry(conn, txn, (), False)
+            except DatabaseLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                gevent.sleep(0.01)
+
+    # --- the two doors: reads and writes ------------------------------------------------
+
+    def _read(self, fn: Callable[..., T], *args: Any, offload: bool = False) -> T:
+        """Run a read. ``offload=True`` runs it in a real thread (for whole-table scans)."""
+        self._check()
+        if offload and self._shared is None:
+            return gevent.get_hub().threadpool.spawn(self._read_in_thread, fn, args).get()  # type: ignore[no-any-return]
+        return self._with_retry(self._reader(), fn, args, False)
+
+    def _read_in_thread(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return self._with_retry(self._reader(), fn, args, True)
+
+    def _write(
+        self, fn: Callable[..., T], *args: Any, exclusive: bool = False, offload: bool = False
+    ) -> T:
+        """Queue a write for this thread's writer greenlet and wait until it is committed."""
+        return self._submit(fn, *args, exclusive=exclusive, offload=offload).result.get()  # type: ignore[no-any-return]
+
+    def _submit(
+        self, fn: Callable[..., Any], *args: Any, exclusive: bool = False, offload: bool = False
+    ) -> _Request:
+        """Queue a write and return its request; ``request.result.get()`` waits for it."""
+        self._check()
+        request = _Request(
+            fn, args, time.monotonic() + self.lock_timeout, exclusive or offload, offload
+        )
+        self._writer().submit(request)
+        return request
+
+    # --- change notification -------------------------------------------------------------
+
+    def _subscribe(self, queue: str | None, callback: Callable[[], None]) -> int:
+        """Call ``callback`` (in this hub) when ``queue`` (or anything, for None) may have
+        new work: at once for this process's adds, within ~5 ms for other processes'."""
+        self._check()
+        self._next_subscriber += 1
+        token = self._next_subscriber
+        hub = gevent.get_hub()
+        self._subscribers[token] = (hub, queue, callback)
+        ident = _get_ident()
+        watcher = self._watchers.get(ident)
+        if watcher is None or watcher.dead:
+            self._watchers[ident] = gevent.spawn(self._watch, hub)
+        return token
+
+    def _unsubscribe(self, token: int) -> None:
+        self._subscribers.pop(token, None)
+
+    def _notify(self, queue: str | None) -> None:
+        if not self._subscribers:
+            return
+        hub = gevent.get_hub()
+        for sub_hub, sub_queue, callback in list(self._subscribers.values()):
+            if sub_hub is hub and (sub_queue is None or queue is None or sub_queue == queue):
+                callback()
+
+    def _watch(self, hub: Any) -> None:
+        last = None
+        while not self._closed and any(s[0] is hub for s in self._subscribers.values()):
+            try:
+                version = self._read(_sql.data_version)
+            except DatabaseError as exc:
+                log.warning("%s: cannot poll for changes: %s", self._label, exc)
+                gevent.sleep(0.5)
+                continue
+            if last is not None and version != last:
+                self._notify(None)
+            last = version
+            gevent.sleep(WATCH_INTERVAL)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close every connection. Writes queued but not yet committed fail."""
+        if self._closed:
+            return
+        self._closed = True
+        hub = gevent.get_hub()
+        for writer in list(self._writers.values()):
+            if writer.hub is hub:
+                writer.wake.set()
+                if not writer.greenlet.dead and writer.greenlet is not gevent.getcurrent():
+                    writer.greenlet.join(timeout=self.lock_timeout + 1)
+        for watcher in list(self._watchers.values()):
+            if getattr(watcher, "parent", None) is hub:
+                watcher.kill(block=False)
+        for conn in self._all_conns:
+            conn.acquire(False)
+            try:
+                conn.raw.close()
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+            finally:
+                conn.lock.release()
+        self._writers.clear()
+        self._readers.clear()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<workmatic.Database {self._label!r} durability={self.durability}>"
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        """Return the job with this public id, or None."""
+        if not isinstance(job_id, str):
+            raise ValidationError({"job_id": ["Must be a string."]})
+        row = self._read(_sql.get_job, job_id)
+        return row_to_job(row) if row is not None else None
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Return jobs newest first, optionally of one queue and status.
+
+        :param limit: at most this many (1 to 10,000).
+        :param offset: skip this many first.
+        """
+        q = validate_queue(queue) if queue is not None else None
+        statuses = _statuses(status, STATUSES) if status is not None else None
+        limit = _bounded_int(limit, "limit", 1, 10_000)
+        offset = _bounded_int(offset, "offset", 0, 2**62)
+        rows = self._read(_sql.list_jobs, q, statuses, limit, offset, offload=offset > 10_000)
+        return [row_to_job(r) for r in rows]
+
+    def count_jobs(
+        self, *, queue: str | None = None, status: str | Sequence[str] | None = None
+    ) -> int:
+        """Count jobs, optionally of one queue and status."""
+        q = validate_queue(queue) if queue is not None else None
+        statuses = _statuses(status, STATUSES) if status is not None else None
+        return self._read(_sql.count_jobs, q, statuses, offload=True)
+
+    def iter_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | Sequence[str] | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[Job]:
+        """Yield jobs oldest first, in batches (constant memory: for exports)."""
+        q = validate_queue(queue) if queue is not None else None
+        statuses = _statuses(status, STATUSES) if status is not None else None
+        size = _bounded_int(batch_size, "batch_size", 1, 100_000)
+
+        def generate() -> Iterator[Job]:
+            after = 0
+            while True:
+                rows = self._read(_sql.page_jobs, q, statuses, after, size)
+                for row in rows:
+                    yield row_to_job(row)
+                if len(rows) < size:
+                    return
+                after = rows[-1][0]
+
+        return generate()
+
+    def stats(self, queue: str | None = None) -> JobStats:
+        """Job counts by status for one queue, or for all queues."""
+        q = validate_queue(queue) if queue is not None else None
+        return JobStats.from_counts(self._read(_sql.count_by_status, q, offload=True))
+
+    def queue_stats(self) -> dict[str, JobStats]:
+        """Job counts by status for every queue that has jobs or a pause setting."""
+        return {q.name: q.stats for q in self.queues()}
+
+    def queues(self) -> list[QueueInfo]:
+        """Every queue with jobs or a pause setting, sorted by name."""
+        counts, paused = self._read(_sql.count_by_queue, offload=True)
+        names = sorted(set(counts) | set(paused))
+        return [
+            QueueInfo(n, paused.get(n, False), JobStats.from_counts(counts.get(n, {})))
+            for n in names
+        ]
+
+    def is_queue_paused(self, queue: str) -> bool:
+        """Whether the queue is paused in every process."""
+        return self._read(_sql.is_paused, validate_queue(queue))
+
+    # --- writes --------------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> None:
+        """Pause a queue: workers in every process stop starting its jobs (within ~1 s)."""
+        self._write(_sql.set_paused, validate_queue(queue), True, now_ms())
+
+    def resume_queue(self, queue: str) -> None:
+        """Resume a paused queue."""
+        q = validate_queue(queue)
+        self._write(_sql.set_paused, q, False, now_ms())
+        self._notify(q)
+
+    def retry_job(self, job_id: str) -> bool:
+        """Reset a ``dead`` or ``failed`` job to ``ready`` (attempts 0, due now).
+
+        :returns: False if the job is in another status.
+        :raises JobNotFoundError: no job has this id.
+        """
+        if not isinstance(job_id, str):
+            raise ValidationError({"job_id": ["Must be a string."]})
+        previous = self._write(_sql.retry_job, job_id, now_ms())
+        if previous is None:
+            raise JobNotFoundError(job_id)
+        if previous in ("dead", "failed"):
+            self._notify(None)
+            return True
+        return False
+
+    def retry_jobs(
+        self, *, status: str | Sequence[str] = ("dead", "failed"), queue: str | None = None
+    ) -> int:
+        """Reset every ``dead``/``failed`` (or ``done``) job to ``ready``; never running ones.
+
+        :returns: how many jobs were reset.
+        """
+        statuses = _statuses(status, ("dead", "failed", "done"))
+        q = validate_queue(queue) if queue is not None else None
+        n = self._write(_sql.retry_jobs, q, statuses, now_ms(), offload=True)
+        if n:
+            self._notify(q)
+        return n
+
+    def purge(
+        self, *, status: str | Sequence[str] | None = None, queue: str | None = None
+    ) -> int:
+        """Delete jobs (never running ones). ``status=None`` means every status but running.
+
+        :returns: how many jobs were deleted.
+        """
+        statuses = _statuses(status, ("ready", "done", "failed", "dead"))
+        q = validate_queue(queue) if queue is not None else None
+        return self._write(_sql.purge, q, statuses, offload=True)
+
+    def import_jobs(self, records: Iterable[Mapping[str, Any]]) -> ImportResult:
+        """Insert already-validated job records in one transaction (see the README's CSV
+        section for the fields). A ``public_id`` already present is skipped, never replaced;
+        a ``running`` record comes in as ``ready``. If ``records`` raises, nothing is
+        imported."""
+        now = now_ms()
+
+        def normalised() -> Iterator[dict[str, Any]]:
+            for record in records:
+                row = dict(record)
+                row.setdefault("public_id", None)
+                if not row["public_id"]:
+                    from .job import new_job_id
+
+                    row["public_id"] = new_job_id()
+                if row.get("status", "ready") == "running":
+                    row["status"] = "ready"
+                row.setdefault("status", "ready")
+                row.setdefault("queue", "default")
+                row.setdefault("priority", 0)
+                row.setdefault("run_at", now)
+                row.setdefault("attempts", 0)
+                row.setdefault("max_attempts", 3)
+                row.setdefault("created_at", now)
+                row.setdefault("updated_at", now)
+                row.setdefault("last_error", None)
+                row.setdefault("result", None)
+                row.setdefault("key", None)
+                row["due"] = int(row["run_at"] <= now)
+                yield row
+
+        inserted, skipped = self._write(_sql.import_jobs, normalised(), offload=True)
+        if inserted:
+            self._notify(None)
+        return ImportResult(inserted, skipped)
+
+    def transfer(
+        self,
+        source: str,
+        target: str,
+        *,
+        status: str | Sequence[str] = ("ready", "dead"),
+        limit: int = 10_000,
+        reset: bool = False,
+    ) -> int:
+        """Atomically move up to ``limit`` jobs (oldest first) from one queue to another.
+
+        :param status: which statuses to move (never ``running``).
+        :param reset: make moved jobs ``ready`` with attempts 0, due now.
+        :returns: how many jobs moved.
+        """
+        src = validate_queue(source, "source")
+        dst = validate_queue(target, "target")
+        statuses = _statuses(status, ("ready", "done", "failed", "dead"))
+        limit = _bounded_int(limit, "limit", 1, 2**62)
+        if not isinstance(reset, bool):
+            raise ValidationError({"reset": ["Must be a boolean."]})
+        n = self._write(_sql.transfer, src, dst, statuses, limit, reset, now_ms(), offload=True)
+        if n:
+            self._notify(dst)
+        return n
+
+    def move_job(self, job_id: str, target: str) -> bool:
+        """Move one job to another queue.
+
+        :returns: True when moved.
+        :raises JobNotFoundError: no job has this id.
+        :raises InvalidStateError: the job is running.
+        """
+        if not isinstance(job_id, str):
+            raise ValidationError({"job_id": ["Must be a string."]})
+        dst = validate_queue(target, "target")
+        status = self._write(_sql.move_job, job_id, dst, now_ms())
+        if status is None:
+            raise JobNotFoundError(job_id)
+        if status == "running":
+            raise InvalidStateError(f"job {job_id!r} is running; it cannot be moved")
+        self._notify(dst)
+        return True
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError({name: [f"Must be an integer from {low} to {high}."]})
+    return value
+
+
+def _legacy_shape(raw: Any) -> str:
+    """For a file with ``user_version = 0``: "none" (no jobs table), "v1" (a jobs table with
+    the original columns: the Node original's schema), or "foreign"."""
+    if not _sql.has_jobs_table(raw):
+        return "none"
+    columns = {row[1] for row in raw.execute("PRAGMA table_info(jobs)").fetchall()}
+    needed = {"public_id", "queue", "payload", "status", "priority", "run_at", "attempts",
+              "max_attempts", "lease_until", "created_at", "updated_at", "last_error"}  # fmt: skip
+    return "v1" if needed <= columns else "foreign"
+
+
+def _migrate_locked(raw: Any) -> int:
+    current = _sql.schema_version(raw)
+    if current == 0 and _legacy_shape(raw) == "v1":
+        current = 1
+    if current >= _sql.SCHEMA_VERSION:
+        return current
+    return _sql.migrate(raw, current)
+
+
+def _connection_path(conn: Any) -> str | None:
+    try:
+        for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+            if name == "main":
+                return str(file) or None
+    except Exception:
+        return None
+    return None
+
+
+def create_database(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    connection: Any = None,
+    durability: str = "normal",
+    create: bool = True,
+    lock_timeout: float | timedelta = 30.0,
+) -> Database:
+    """Open (and create or migrate) a workmatic database.
+
+    :param path: a file path (created if missing, unless ``create=False``) or ``":memory:"``.
+    :param connection: instead of a path, adopt an existing ``sqlite3``/``pysqlite3``
+        connection (it is switched to autocommit mode; create it with
+        ``check_same_thread=False`` to use it from several threads).
+    :param durability: ``"normal"`` (``synchronous=NORMAL``: survives a process crash; an OS
+        crash or power loss may lose the last commits) or ``"full"`` (``synchronous=FULL``:
+        every committed job survives power loss, at a fraction of the speed).
+    :param create: with False, raise instead of creating a missing file or a schema.
+    :param lock_timeout: how long a write waits for another connection's lock before
+        :class:`DatabaseLockedError`; the wait never blocks the gevent hub.
+    :raises DatabaseNotFoundError: the file is missing and ``create=False``.
+    :raises SchemaError: not a workmatic database (with ``create=False``), or a newer schema.
+    :raises DatabaseError: the file cannot be opened or is not an SQLite database.
+
+    Example::
+
+        db = workmatic.create_database("jobs.db")
+    """
+    return Database(
+        path, connection=connection, durability=durability, create=create,
+        lock_timeout=lock_timeout,
+    )  # fmt: skip

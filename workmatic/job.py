@@ -1,0 +1,179 @@
+"""The records Workmatic hands out: :class:`Job`, :class:`JobStats`, :class:`QueueInfo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["STATUSES", "ImportResult", "Job", "JobStats", "QueueInfo"]
+
+#: Every job status, in lifecycle order.
+STATUSES: tuple[str, ...] = ("ready", "running", "done", "failed", "dead")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def now_ms() -> int:
+    """Return the current time as integer epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def ms_to_datetime(ms: object) -> datetime:
+    """Convert stored epoch milliseconds to an aware UTC datetime (the epoch if unreadable)."""
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return _EPOCH
+
+
+def datetime_to_ms(value: datetime) -> int:
+    """Convert a datetime (naive means UTC) to epoch milliseconds."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp() * 1000)
+
+
+class _IdGenerator:
+    """Time-ordered, URL-safe, unique public ids: 12 hex digits of epoch ms, then 16 of a
+    per-process random prefix and counter. Ids from one process sort in creation order,
+    which keeps the unique index's inserts at its right edge."""
+
+    def __init__(self) -> None:
+        self._reseed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        rng = random.SystemRandom()
+        self._prefix = rng.getrandbits(32)
+        self._counter = rng.getrandbits(31)
+
+    def __call__(self) -> str:
+        self._counter = (self._counter + 1) & 0xFFFFFFFF
+        return f"{time.time_ns() // 1_000_000:012x}{self._prefix:08x}{self._counter:08x}"
+
+
+new_job_id = _IdGenerator()
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Job counts by status."""
+
+    ready: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    dead: int = 0
+
+    @property
+    def total(self) -> int:
+        """All jobs, whatever their status."""
+        return self.ready + self.running + self.done + self.failed + self.dead
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the counts and the total as a JSON-able dict."""
+        return {
+            "ready": self.ready,
+            "running": self.running,
+            "done": self.done,
+            "failed": self.failed,
+            "dead": self.dead,
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> JobStats:
+        """Build from a ``{status: count}`` mapping; unknown statuses are ignored."""
+        return cls(**{s: int(counts.get(s, 0)) for s in STATUSES})
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue: its name, whether it is paused (in every process), and its counts."""
+
+    name: str
+    is_paused: bool
+    stats: JobStats
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {"name": self.name, "is_paused": self.is_paused, "stats": self.stats.as_dict()}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What :meth:`Database.import_jobs` did."""
+
+    inserted: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job, as stored.
+
+    ``attempts`` counts failed runs so far (0 on the first run); ``max_attempts`` bounds the
+    runs. ``payload`` is the decoded JSON payload (the raw text if the stored JSON is
+    broken); ``result`` is the handler's return value once ``done``.
+    """
+
+    id: str
+    queue: str
+    payload: Any
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    run_at: datetime
+    last_error: str | None
+    result: Any
+    updated_at: datetime = field(default=_EPOCH)
+    lease_until: datetime | None = None
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict: datetimes as ISO 8601 strings plus ``*_ms`` integers."""
+        lease = self.lease_until
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "payload": self.payload,
+            "status": self.status,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "created_at": self.created_at.isoformat(),
+            "run_at": self.run_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "lease_until": lease.isoformat() if lease else None,
+            "created_at_ms": datetime_to_ms(self.created_at),
+            "run_at_ms": datetime_to_ms(self.run_at),
+            "updated_at_ms": datetime_to_ms(self.updated_at),
+            "lease_until_ms": datetime_to_ms(lease) if lease else 0,
+            "last_error": self.last_error,
+            "result": self.result,
+            "key": self.key,
+        }
+
+
+class BrokenPayload(str):
+    """The raw text of a stored payload that is not valid JSON."""
+
+
+def decode_json(text: object) -> Any:
+    """Decode stored JSON text; undecodable text comes back as :class:`BrokenPayload`."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return BrokenPayload(text)
