@@ -1,5 +1,5 @@
 // Workmatic dashboard. Job data is untrusted: it is only ever put into the page as text
-// (textContent, createTextNode, element properties); this file never uses innerHTML.
+// (textContent, createTextNode, element properties); no markup is ever parsed from data.
 // Every URL is relative, so the page works under any mount path.
 "use strict";
 
@@ -98,6 +98,14 @@
     if (value === undefined) return "";
     try {
       return JSON.stringify(value, null, 2);
+    } catch (err) {
+      return String(value);
+    }
+  }
+
+  function compact(value) {
+    try {
+      return JSON.stringify(value);
     } catch (err) {
       return String(value);
     }
@@ -347,7 +355,7 @@
             el("td", null, badge(job.status)),
             el("td", { colSpan: 5, className: "error-text" }, String(job.broken)));
         }
-        const text = job.last_error ? job.last_error : pretty(job.payload);
+        const text = job.last_error ? job.last_error : compact(job.payload);
         return el(
           "tr",
           {
@@ -449,7 +457,9 @@
         ...timeField("Created", job.created_at_ms),
         ...timeField("Updated", job.updated_at_ms),
         ...timeField("Run at", job.run_at_ms),
-        ...timeField("Lease until", job.lease_until_ms)));
+        ...(job.status === "running" && job.lease_until_ms > 0
+          ? timeField("Lease until", job.lease_until_ms)
+          : field("Lease until", "–"))));
       nodes.push(block("Payload", pretty(job.payload)));
       if (job.last_error !== null && job.last_error !== undefined) {
         nodes.push(block("Last error", String(job.last_error), "code-error"));

@@ -109,15 +109,23 @@ class HubMonitor:
             self.max_gap = max(self.max_gap, gap)
             last = now
 
-    def __enter__(self) -> HubMonitor:
-        self._greenlet = gevent.spawn(self._run)
-        gevent.sleep(0)
-        return self
+    def start(self) -> None:
+        """Start the heartbeat (call it right before the timed section)."""
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+            gevent.sleep(0)
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop the heartbeat."""
         self._stop.set()
         if self._greenlet is not None:
             self._greenlet.join(1)
+
+    def __enter__(self) -> HubMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def max_gap_ms(self) -> float:

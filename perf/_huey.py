@@ -98,6 +98,7 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
 
     with HubMonitor() as monitor:
         if case in ("seq_add", "add_many"):
+            monitor.start()
             start = time.perf_counter()
             if case == "seq_add":
                 for item in items:
@@ -113,12 +114,14 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
                 for item in chunk:
                     job(**item)
 
+            monitor.start()
             start = time.perf_counter()
             gevent.joinall([gevent.spawn(producer, chunk) for chunk in chunks])
             elapsed = time.perf_counter() - start
         elif case == "process":
             for item in items:
                 job(**item)
+            monitor.start()
             start = time.perf_counter()
             consumer = consume()
             done.event.wait(600)
@@ -133,6 +136,7 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
                     job(**item)
                     gevent.sleep(0)
 
+            monitor.start()
             start = time.perf_counter()
             consumer = consume()
             gevent.joinall([gevent.spawn(add_some, k * per) for k in range(producers)])

@@ -71,11 +71,13 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
     result: Result = describe(db)
     with HubMonitor() as monitor:
         if case == "seq_add":
+            monitor.start()
             start = time.perf_counter()
             for item in items:
                 client.add(item)
             elapsed = time.perf_counter() - start
         elif case == "add_many":
+            monitor.start()
             start = time.perf_counter()
             client.add_many(items)
             elapsed = time.perf_counter() - start
@@ -88,12 +90,14 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
                     client.add(item)
 
             chunks = [items[k * per : (k + 1) * per] for k in range(greenlets)]
+            monitor.start()
             start = time.perf_counter()
             gevent.joinall([gevent.spawn(producer, chunk) for chunk in chunks], raise_error=True)
             elapsed = time.perf_counter() - start
         elif case == "process":
             client.add_many(items)
             worker = _worker(db, concurrency, handler)
+            monitor.start()
             start = time.perf_counter()
             worker.start()
             _wait_processed(worker, jobs, done)
@@ -109,6 +113,7 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
                     gevent.sleep(0)
 
             worker = _worker(db, concurrency, handler)
+            monitor.start()
             start = time.perf_counter()
             worker.start()
             gevent.joinall(
@@ -162,6 +167,7 @@ def _run_large(path: str, durability: str, jobs: int, options: dict[str, Any]) -
     done = Countdown(jobs)
     worker = _worker(db, int(options.get("concurrency", 16)), lambda job: done.hit())
     with HubMonitor() as monitor:
+        monitor.start()
         start = time.perf_counter()
         worker.start()
         _wait_processed(worker, jobs, done)
@@ -211,6 +217,7 @@ def _run_latency(path: str, durability: str, jobs: int, options: dict[str, Any])
     gevent.sleep(0.05)
     proc: subprocess.Popen[bytes] | None = None
     with HubMonitor() as monitor:
+        monitor.start()
         if options.get("remote"):
             proc = subprocess.Popen(
                 [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -41,23 +42,24 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
         time.sleep(step)
 
 
-def read_url_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    """Return the first stdout line of ``proc`` that holds an http URL."""
-    assert proc.stdout is not None
+def read_url_line(
+    proc: subprocess.Popen[str], timeout: float = 20.0, *, from_stderr: bool = False
+) -> str:
+    """Return the first URL that ``proc`` prints on stdout (or stderr)."""
+    stream = proc.stderr if from_stderr else proc.stdout
+    assert stream is not None
     deadline = time.monotonic() + timeout
-    import selectors
-
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(stream, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
                 break
-            line = proc.stdout.readline()
+            line = stream.readline()
             if not line:
                 break
             for word in line.split():
                 if word.startswith("http://"):
-                    return word
+                    return word.rstrip(".,;)")
     proc.kill()
     out, err = proc.communicate(timeout=5)
     raise AssertionError(f"no URL printed by {proc.args!r}\nstdout: {out}\nstderr: {err}")
@@ -70,6 +72,7 @@ def running(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     stop_signal: int = signal.SIGTERM,
+    url_from_stderr: bool = False,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start a program that prints its URL, yield (process, url), then stop it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -83,7 +86,7 @@ def running(
         cwd=str(cwd or ROOT),
     )
     try:
-        yield proc, read_url_line(proc)
+        yield proc, read_url_line(proc, from_stderr=url_from_stderr)
     finally:
         if proc.poll() is None:
             proc.send_signal(stop_signal)
@@ -173,5 +176,4 @@ def _serve(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(_serve())

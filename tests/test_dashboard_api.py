@@ -219,8 +219,8 @@ def test_non_finite_numbers_come_out_as_strict_json(
     response = client.get("/api/jobs")
 
     assert response.status_code == 200
-    payload = strict_json(response.data)["jobs"][0]["payload"]
-    assert set(payload) == {"x", "y"} if isinstance(payload, dict) else isinstance(payload, str)
+    payload = strict_json(response.data)["jobs"][0]["payload"]  # parses without NaN
+    assert isinstance(payload, (dict, str))
 
 
 # --- GET api/jobs/<id>

@@ -323,7 +323,10 @@ def read_rows(
             try:
                 record = schema.load(dict(zip(header, cells, strict=True)))
             except marshmallow.ValidationError as exc:
-                yield start, None, ValidationError(exc.normalized_messages()).message
+                messages = (
+                    exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+                )
+                yield start, None, ValidationError(messages).message
                 continue
             yield start, record, None
     except csv.Error as exc:

@@ -51,7 +51,6 @@ from .exceptions import (
     DatabaseLockedError,
     DatabaseNotFoundError,
     JobNotFoundError,
-    SchemaError,
     WorkmaticError,
 )
 from .job import STATUSES, JobStats, QueueInfo
@@ -65,6 +64,8 @@ __all__ = ["build_parser", "main"]
 PROG = "workmatic"
 #: How many invalid rows an import prints before summarising the rest.
 SHOWN_ERRORS = 20
+#: Seconds a command waits for another process's write lock (WORKMATIC_LOCK_TIMEOUT).
+DEFAULT_LOCK_TIMEOUT = 10.0
 _COUNT_COLUMNS = ("ready", "running", "done", "failed", "dead", "total")
 
 
@@ -149,6 +150,23 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32)
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command parser that takes options between positionals (``export DB -s dead F``)."""
+
+    _nested = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._nested:
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -166,6 +184,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
 
 
@@ -201,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {getattr(workmatic, '__version__', '')}"
     )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
 
     def command(
         name: str, run: Callable[[argparse.Namespace], int], summary: str, description: str
@@ -214,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def database(sub: argparse.ArgumentParser, note: str = "must exist") -> None:
         sub.add_argument("db", metavar="DB", help=f"the database file ({note})")
+        sub.add_argument(
+            "--lock-timeout",
+            type=_seconds,
+            metavar="SECONDS",
+            help="wait this long for another process's write lock "
+            f"(env: WORKMATIC_LOCK_TIMEOUT; default: {DEFAULT_LOCK_TIMEOUT:g})",
+        )
 
     def queue_filter(sub: argparse.ArgumentParser, what: str = "only this queue") -> None:
         sub.add_argument("--queue", "-Q", metavar="QUEUE", help=what)
@@ -331,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report invalid rows and import the others",
     )
-    sub.add_argument(
-        "--dry-run", action="store_true", help="validate every row, import nothing"
-    )
+    sub.add_argument("--dry-run", action="store_true", help="validate every row, import nothing")
     sub.add_argument(
         "--safe-formulas",
         action="store_true",
@@ -395,9 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  workmatic dashboard jobs.db --port 3000",
     )
     database(sub)
-    sub.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)"
-    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sub.add_argument(
         "--port", "-p", type=_port, default=3000, help="TCP port, 0 for any (default: 3000)"
     )
@@ -420,22 +453,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _open_db(path: str, *, create: bool = False) -> Iterator[Database]:
-    """Open the database, turning every failure into a one-line :class:`CommandError`."""
+def _open_db(args: argparse.Namespace, *, create: bool = False) -> Iterator[Database]:
+    """Open ``args.db``, turning every failure into a one-line :class:`CommandError`."""
+    path: str = args.db
+    timeout = args.lock_timeout
+    if timeout is None:
+        timeout = _env_seconds("WORKMATIC_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
     try:
-        db = workmatic.create_database(path, create=create, lock_timeout=10.0)
+        db = workmatic.create_database(path, create=create, lock_timeout=timeout)
     except DatabaseNotFoundError:
         raise CommandError(f"{path}: no such database file") from None
-    except SchemaError as exc:
-        raise CommandError(f"{path}: {exc}") from None
     except DatabaseLockedError as exc:
-        raise CommandError(f"{path}: locked by another process: {exc}") from None
-    except DatabaseError as exc:
-        raise CommandError(f"{path}: cannot open the database: {exc}") from None
+        raise CommandError(_with_path(path, f"locked by another process: {exc}")) from None
+    except DatabaseError as exc:  # SchemaError included: not a workmatic database
+        raise CommandError(_with_path(path, str(exc))) from None
     try:
         yield db
     finally:
         db.close()
+
+
+def _with_path(path: str, message: str) -> str:
+    """Name the file in ``message`` unless the core's message already does."""
+    if path in message or os.path.abspath(path) in message:
+        return message
+    return f"{path}: {message}"
+
+
+def _env_seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{variable}={text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise UsageError(f"{variable}={text!r} must not be negative")
+    return value
+
+
+def _remove_database_files(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
 
 
 def _print_json(data: Any) -> None:
@@ -447,9 +508,9 @@ def _clean(text: str, width: int | None = None) -> str:
     """Make untrusted text safe for a terminal (no control characters) and short."""
     if not text.isprintable():
         text = "".join(
-            ch if ch.isprintable() or unicodedata.category(ch) == "Zs" else ch.encode(
-                "unicode_escape"
-            ).decode("ascii")
+            ch
+            if ch.isprintable() or unicodedata.category(ch) == "Zs"
+            else ch.encode("unicode_escape").decode("ascii")
             for ch in text
         )
     if width is not None and len(text) > width:
@@ -495,7 +556,7 @@ def _plural(count: int, word: str) -> str:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         if args.queue is not None:
             queues = [QueueInfo(args.queue, db.is_queue_paused(args.queue), db.stats(args.queue))]
             total = queues[0].stats
@@ -522,7 +583,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_queues(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         queues = db.queues()
     if args.json:
         _print_json({"queues": [info.as_dict() for info in queues]})
@@ -545,7 +606,7 @@ def _cmd_queues(args: argparse.Namespace) -> int:
 
 
 def _set_pause(args: argparse.Namespace, paused: bool) -> int:
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         if paused:
             db.pause_queue(args.queue)
         else:
@@ -568,7 +629,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         jobs = db.list_jobs(
             queue=args.queue, status=args.status, limit=args.limit, offset=args.offset
         )
@@ -597,7 +658,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         job = db.get_job(args.job_id)
     if job is None:
         raise CommandError(f"no job with id {args.job_id!r}")
@@ -680,7 +741,7 @@ def _csv_output(path: str | None) -> Iterator[TextIO]:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     to_stdout = args.file is None or args.file == "-"
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         progress = None
         if sys.stderr.isatty():
             total = db.count_jobs(queue=args.queue, status=args.status)
@@ -743,21 +804,28 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _import_dry_run(args, default_queue)
     existed = os.path.exists(args.db)
-    progress = Progress("read", stream=sys.stderr) if sys.stderr.isatty() else None
-    with _csv_input(args.file) as (source, fraction), _open_db(args.db, create=True) as db:
-        try:
-            report = import_csv(
-                db,
-                source,
-                default_queue=default_queue,
-                skip_invalid=args.skip_invalid,
-                unescape=args.safe_formulas,
-                progress=progress,
-                position=fraction,
-            )
-        except InvalidRowsError as exc:
-            _report_import(args, exc.report, ok=False)
-            return 1
+    progress = Progress("rows read:") if sys.stderr.isatty() else None
+    report: CsvImportReport | None = None
+    try:
+        with _csv_input(args.file) as (source, fraction), _open_db(args, create=True) as db:
+            try:
+                report = import_csv(
+                    db,
+                    source,
+                    default_queue=default_queue,
+                    skip_invalid=args.skip_invalid,
+                    unescape=args.safe_formulas,
+                    progress=progress,
+                    position=fraction,
+                )
+            except InvalidRowsError as exc:
+                _report_import(args, exc.report, ok=False)
+    finally:
+        if report is None and not existed:
+            # A bad file changes nothing, not even by creating the database.
+            _remove_database_files(args.db)
+    if report is None:
+        return 1
     if not existed and not args.json:
         print(f"created {args.db}")
     _report_import(args, report, ok=True)
@@ -821,7 +889,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     )
     if "running" in statuses:
         raise UsageError("running jobs are never purged (stop their workers first)")
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         if args.dry_run:
             count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
         else:
@@ -847,7 +915,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         raise UsageError("running jobs cannot be retried: they are being processed")
     if "ready" in statuses:
         raise UsageError("ready jobs are already waiting to run")
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         if args.dry_run:
             count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
         else:
@@ -865,7 +933,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 def _retry_ids(args: argparse.Namespace) -> int:
     retried: list[str] = []
     refused: dict[str, str] = {}
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         for job_id in dict.fromkeys(args.job_ids):
             job = db.get_job(job_id)
             if job is None:
@@ -911,7 +979,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     import gevent
     import gevent.event
 
-    with _open_db(args.db) as db:
+    with _open_db(args) as db:
         try:
             dashboard = workmatic.create_dashboard(db, host=args.host, port=args.port, auth=auth)
         except OSError as exc:

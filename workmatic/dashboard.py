@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DashboardApp",
     "DashboardMiddleware",
-    "DashboardServer",
+    "Dashboard",
     "JobListQuerySchema",
     "create_dashboard",
     "create_dashboard_app",
@@ -136,7 +136,7 @@ def create_dashboard_middleware(
     return DashboardMiddleware(app, dashboard, path)
 
 
-class DashboardServer:
+class Dashboard:
     """The dashboard served by :class:`gevent.pywsgi.WSGIServer` (see :func:`create_dashboard`).
 
     Serving happens in greenlets of the calling thread's gevent hub: a program with nothing
@@ -195,7 +195,7 @@ class DashboardServer:
         self._stopped.set()
         logger.info("dashboard on port %s closed", self._server.server_port)
 
-    def __enter__(self) -> DashboardServer:
+    def __enter__(self) -> Dashboard:
         return self
 
     def __exit__(
@@ -208,7 +208,7 @@ class DashboardServer:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "serving"
-        return f"<DashboardServer {self.url} {state}>"
+        return f"<Dashboard {self.url} {state}>"
 
 
 def create_dashboard(
@@ -218,7 +218,7 @@ def create_dashboard(
     port: int = 3000,
     workers: Iterable[Worker] = (),
     auth: Auth = None,
-) -> DashboardServer:
+) -> Dashboard:
     """Serve the dashboard on its own port with gevent's WSGI server, in greenlets.
 
     Returns once the port is bound; the server runs while the gevent hub runs::
@@ -241,7 +241,7 @@ def create_dashboard(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValidationError({"port": ["Must be an integer from 0 to 65535."]})
     app = create_dashboard_app(db, workers=workers, auth=auth)
-    return DashboardServer(app, host, port)
+    return Dashboard(app, host, port)
 
 
 def _check_mount_path(path: str) -> str:

@@ -649,7 +649,7 @@ class Database:
         """Count jobs, optionally of one queue and status."""
         q = validate_queue(queue) if queue is not None else None
         statuses = _statuses(status, STATUSES) if status is not None else None
-        return self._read(_sql.count_jobs, q, statuses, offload=True)
+        return self._read(_sql.count_jobs, q, statuses)
 
     def iter_jobs(
         self,
@@ -678,7 +678,7 @@ class Database:
     def stats(self, queue: str | None = None) -> JobStats:
         """Job counts by status for one queue, or for all queues."""
         q = validate_queue(queue) if queue is not None else None
-        return JobStats.from_counts(self._read(_sql.count_by_status, q, offload=True))
+        return JobStats.from_counts(self._read(_sql.count_by_status, q))
 
     def queue_stats(self) -> dict[str, JobStats]:
         """Job counts by status for every queue that has jobs or a pause setting."""
@@ -686,7 +686,7 @@ class Database:
 
     def queues(self) -> list[QueueInfo]:
         """Every queue with jobs or a pause setting, sorted by name."""
-        counts, paused = self._read(_sql.count_by_queue, offload=True)
+        counts, paused = self._read(_sql.count_by_queue)
         names = sorted(set(counts) | set(paused))
         return [
             QueueInfo(n, paused.get(n, False), JobStats.from_counts(counts.get(n, {})))

@@ -28,6 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import gevent
+import gevent.event
+
 if TYPE_CHECKING:
     from .database import Database
     from .orchestrator import Orchestrator
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "workmatic-worker"
-log = logging.getLogger(__name__)
+#: The runner's logger (named explicitly: under ``python -m`` this module is ``__main__``).
+log = logging.getLogger("workmatic.runner")
 
 #: name -> (environment variable, default shown in --help)
 ENVIRONMENT: dict[str, tuple[str, str | None]] = {
@@ -276,7 +280,9 @@ def _import_target(target: str) -> Any:
     """Import ``module:attr`` (``attr`` may be dotted, and end in ``()`` to call it)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise TargetError(f"TARGET must be module:attribute (for example myapp.jobs:worker), not {target!r}")
+        raise TargetError(
+            f"TARGET must be module:attribute (for example myapp.jobs:worker), not {target!r}"
+        )
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]
@@ -389,6 +395,20 @@ def _run(argv: list[str], prog: str) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     _configure_logging(settings.verbosity)
+    # Catch stop signals from now on: one that arrives while the target is imported
+    # means "do not start".
+    stopper = _Stopper()
+    handlers = [
+        gevent.signal_handler(signum, stopper, signum) for signum in (signal.SIGTERM, signal.SIGINT)
+    ]
+    try:
+        return _load_and_serve(settings, prog, stopper)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+
+
+def _load_and_serve(settings: Settings, prog: str, stopper: _Stopper) -> int:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -405,7 +425,7 @@ def _run(argv: list[str], prog: str) -> int:
         _error(prog, f"importing {settings.target} failed: {type(exc).__name__}: {exc}")
         return 1
     try:
-        return _serve(plan, settings)
+        return _serve(plan, settings, stopper)
     except StartupError as exc:
         _error(prog, str(exc))
         return 1
@@ -427,8 +447,6 @@ class _Stopper:
     """Counts stop signals: the first asks for a graceful stop, the second forces it."""
 
     def __init__(self) -> None:
-        import gevent.event
-
         self.requested = gevent.event.Event()
         self.forced = gevent.event.Event()
         self.signum = 0
@@ -445,15 +463,13 @@ class _Stopper:
             self.forced.set()
 
 
-def _serve(plan: Plan, settings: Settings) -> int:
-    import gevent
-
-    stopper = _Stopper()
-    handlers = [
-        gevent.signal_handler(signum, stopper, signum) for signum in (signal.SIGTERM, signal.SIGINT)
-    ]
+def _serve(plan: Plan, settings: Settings, stopper: _Stopper) -> int:
     dashboard = None
     try:
+        gevent.sleep(0)  # let a signal that came during start-up be seen
+        if stopper.requested.is_set():
+            log.info("stopped before starting")
+            return 0
         if settings.dashboard_port is not None:
             dashboard = _start_dashboard(plan, settings)
         try:
@@ -490,8 +506,6 @@ def _serve(plan: Plan, settings: Settings) -> int:
         )
         return 128 + stopper.signum if forced else 0
     finally:
-        for handler in handlers:
-            handler.cancel()
         if dashboard is not None:
             dashboard.close()
         if plan.owns_db and plan.db is not None:
@@ -499,8 +513,6 @@ def _serve(plan: Plan, settings: Settings) -> int:
 
 
 def _stop_all(plan: Plan, timeout: float) -> None:
-    import gevent
-
     if plan.orchestrator is not None:
         plan.orchestrator.stop_all(timeout=timeout)
         return
@@ -512,8 +524,6 @@ def _stop(plan: Plan, grace: float, stopper: _Stopper) -> bool:
 
     :returns: True if the stop was forced by a second signal.
     """
-    import gevent
-
     graceful = gevent.spawn(_stop_all, plan, grace)
     waiter = gevent.spawn(stopper.forced.wait)
     gevent.wait([graceful, waiter], count=1)
@@ -534,6 +544,7 @@ def _start_dashboard(plan: Plan, settings: Settings) -> Any:
     import workmatic
 
     db = plan.db
+    assert settings.dashboard_port is not None
     if db is None:
         raise StartupError(
             "--dashboard-port: the target's workers expose no database (.db); "

@@ -225,7 +225,7 @@ MAX_EPOCH_MS = 253_402_300_799_999
 _PUBLIC_ID = r"[A-Za-z0-9_.~-]{1,128}\Z"
 
 
-class CsvInteger(fields.Field):
+class CsvInteger(fields.Field[int]):
     """An integer written as decimal text in a CSV cell (an ``int`` is accepted too)."""
 
     default_error_messages = {"invalid": "Not a valid integer."}

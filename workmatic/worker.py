@@ -97,6 +97,7 @@ class Worker:
         handler: Handler | None = None,
         **unknown: Any,
     ) -> None:
+        self._is_running = False
         if not isinstance(db, Database):
             raise ValidationError({"db": ["Must be a workmatic Database."]})
         options = validate_worker_options(
@@ -126,7 +127,6 @@ class Worker:
         self._wake = gevent.event.Event()
         self._stopped = gevent.event.Event()
         self._stopped.set()
-        self._is_running = False
         self._stopping = False
         self._paused = False
         self._pump: gevent.Greenlet | None = None

@@ -1,0 +1,233 @@
+"""The database: pragmas, schema and migrations, adoption, threads, group commit, and a
+lock held by another process never freezing the hub."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import gevent
+import gevent.pool
+import pytest
+
+import workmatic
+from workmatic import _sql
+
+from helpers import script
+
+
+def raw(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def test_file_database_uses_wal_and_normal_sync(db: workmatic.Database, db_path: str) -> None:
+    conn = db._reader().raw
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert db.durability == "normal"
+    assert raw(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_durability_full_sets_synchronous_full(db_path: str) -> None:
+    with workmatic.create_database(db_path, durability="full") as db:
+        workmatic.create_client(db).add({"x": 1})
+        assert db._writer().conn.raw.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"durability": "fast"}, {"lock_timeout": -1}, {"lock_timeout": float("nan")}],
+    ids=["bad-durability", "negative-lock-timeout", "nan-lock-timeout"],
+)
+def test_bad_database_options_raise(db_path: str, kwargs: dict[str, object]) -> None:
+    with pytest.raises(workmatic.ValidationError):
+        workmatic.create_database(db_path, **kwargs)  # type: ignore[arg-type]
+    assert not os.path.exists(db_path)
+
+
+def test_schema_is_versioned_and_reopening_is_idempotent(db_path: str) -> None:
+    with workmatic.create_database(db_path) as db:
+        job_id = workmatic.create_client(db).add({"n": 1})
+    with workmatic.create_database(db_path) as db:
+        assert db.get_job(job_id) is not None
+    assert raw(db_path).execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION
+
+
+def test_version_1_database_is_migrated_keeping_its_jobs(db_path: str) -> None:
+    conn = raw(db_path)
+    for statement in _sql.MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO jobs (public_id, queue, payload, status, priority, run_at, attempts,"
+        " max_attempts, lease_until, created_at, updated_at, last_error) VALUES"
+        " ('old-1', 'emails', '{\"to\": \"a@b.c\"}', 'ready', 0, 0, 0, 3, 0, 1, 1, NULL),"
+        " ('old-2', 'emails', '{}', 'dead', 0, 0, 3, 3, 0, 1, 1, 'boom')"
+    )
+    conn.close()
+    with workmatic.create_database(db_path) as db:
+        assert db.get_job("old-1").payload == {"to": "a@b.c"}  # type: ignore[union-attr]
+        assert db.stats("emails").as_dict() == {
+            "ready": 1, "running": 0, "done": 0, "failed": 0, "dead": 1, "total": 2,
+        }  # fmt: skip
+        worker = workmatic.create_worker(db, "emails")
+        seen = gevent.event.Event()
+        worker.process(lambda job: seen.set())
+        worker.start()
+        assert seen.wait(5)
+        worker.stop()
+    assert raw(db_path).execute("PRAGMA user_version").fetchone()[0] == _sql.SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(db_path: str) -> None:
+    workmatic.create_database(db_path).close()
+    raw(db_path).execute(f"PRAGMA user_version = {_sql.SCHEMA_VERSION + 1}")
+    with pytest.raises(workmatic.SchemaError, match="newer"):
+        workmatic.create_database(db_path)
+
+
+def test_create_false_never_creates_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(workmatic.DatabaseNotFoundError):
+        workmatic.create_database(path, create=False)
+    assert not path.exists()
+
+
+def test_create_false_refuses_a_non_workmatic_database(tmp_path: Path) -> None:
+    path = str(tmp_path / "other.db")
+    conn = raw(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.close()
+    before = Path(path).read_bytes()
+    with pytest.raises(workmatic.SchemaError, match="not a workmatic database"):
+        workmatic.create_database(path, create=False)
+    assert Path(path).read_bytes() == before
+
+
+def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(workmatic.DatabaseError, match="not an SQLite database"):
+        workmatic.create_database(path)
+
+
+def test_adopts_an_existing_connection(tmp_path: Path) -> None:
+    conn = sqlite3.connect(str(tmp_path / "adopted.db"), check_same_thread=False)
+    with workmatic.create_database(connection=conn) as db:
+        client = workmatic.create_client(db, "q")
+        job_id = client.add({"a": 1})
+        assert client.get(job_id).payload == {"a": 1}  # type: ignore[union-attr]
+        assert db.path == str(tmp_path / "adopted.db")
+    with pytest.raises(workmatic.ValidationError):
+        workmatic.create_database(connection="not a connection")
+
+
+def test_memory_database_works(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb)
+    ids = client.add_many([{"n": i} for i in range(10)])
+    assert [j.payload["n"] for j in memdb.list_jobs(limit=10)] == list(range(9, -1, -1))
+    assert memdb.path is None and len(set(ids)) == 10
+
+
+def test_concurrent_adds_are_group_committed(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    writer = db._writer()
+    before = writer.commits
+    pool = gevent.pool.Pool(100)
+    ids = [pool.spawn(client.add, {"n": i}) for i in range(500)]
+    pool.join()
+    commits = writer.commits - before
+    assert len({g.value for g in ids}) == 500
+    assert commits < 100, f"{commits} commits for 500 concurrent adds"
+    assert client.stats().ready == 501
+
+
+def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db)
+
+    def broken(conn: object) -> None:
+        raise RuntimeError("boom")
+
+    good = [gevent.spawn(client.add, {"n": i}) for i in range(5)]
+    bad = gevent.spawn(db._write, broken)
+    gevent.joinall([*good, bad])
+    assert all(g.successful() for g in good)
+    assert isinstance(bad.exception, RuntimeError)
+    assert client.stats().ready == 5
+
+
+def test_usable_from_other_os_threads(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db, "threads")
+    errors: list[BaseException] = []
+    ids: list[str] = []
+
+    def run() -> None:
+        try:
+            for i in range(50):
+                ids.append(client.add({"n": i}))
+            assert client.get(ids[-1]) is not None
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert client.stats().ready == 200 == len(set(ids))
+
+
+def test_lock_held_by_another_process_does_not_freeze_the_hub(db_path: str) -> None:
+    with workmatic.create_database(db_path) as db:
+        client = workmatic.create_client(db)
+        client.add({"warm": True})
+        holder = script("lock_holder", db_path, "2")
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        gaps: list[float] = []
+        stop = gevent.event.Event()
+
+        def heartbeat() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                gevent.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        beat = gevent.spawn(heartbeat)
+        started = time.monotonic()
+        job_id = client.add({"during": "lock"})
+        waited = time.monotonic() - started
+        stop.set()
+        beat.join()
+        holder.wait(10)
+        assert client.get(job_id) is not None
+        assert waited > 1.0, "the add should have waited for the other process's lock"
+        assert max(gaps) < 0.1, f"hub stalled for {max(gaps) * 1000:.0f} ms"
+
+
+def test_lock_timeout_gives_a_clear_error_and_writes_nothing(db_path: str) -> None:
+    with workmatic.create_database(db_path, lock_timeout=0.3) as db:
+        client = workmatic.create_client(db)
+        holder = script("lock_holder", db_path, "1.5")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(workmatic.DatabaseLockedError, match="lock_timeout"):
+            client.add({"n": 1})
+        holder.wait(10)
+        assert client.stats().total == 0
+        client.add({"n": 2})
+        assert client.stats().total == 1
+
+
+def test_closed_database_raises(db_path: str) -> None:
+    db = workmatic.create_database(db_path)
+    db.close()
+    with pytest.raises(workmatic.DatabaseClosedError):
+        workmatic.create_client(db).add({})
+    assert db.is_closed

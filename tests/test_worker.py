@@ -1,0 +1,457 @@
+"""The worker: every rule of the SPEC's Worker section, each with its own test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from helpers import script, wait_for
+from marshmallow import Schema, fields
+
+import workmatic
+
+
+def make(db: workmatic.Database, handler: Any, **options: Any) -> workmatic.Worker:
+    worker = workmatic.create_worker(db, options.pop("queue", "q"), **options)
+    worker.process(handler)
+    return worker
+
+
+def job_of(db: workmatic.Database, job_id: str) -> workmatic.Job:
+    job = db.get_job(job_id)
+    assert job is not None
+    return job
+
+
+def raw_sql(db: workmatic.Database, sql: str, *params: Any) -> None:
+    db._write(lambda conn: conn.execute(sql, params))
+
+
+def test_defaults(memdb: workmatic.Database) -> None:
+    worker = workmatic.create_worker(memdb)
+    assert (worker.queue, worker.concurrency, worker.lease, worker.poll_interval) == (
+        "default", 1, 30.0, 1.0,
+    )  # fmt: skip
+    assert worker.timeout is None and worker.backoff is None
+    assert not worker.is_running and not worker.is_paused
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 0}, {"concurrency": 1.5}, {"lease": 0}, {"lease": "30"},
+        {"poll_interval": -1}, {"timeout": 0}, {"backoff": 5}, {"speed": 1},
+    ],
+    ids=["zero-concurrency", "float-concurrency", "zero-lease", "string-lease",
+         "negative-poll", "zero-timeout", "uncallable-backoff", "unknown"],
+)  # fmt: skip
+def test_bad_worker_options_raise(memdb: workmatic.Database, options: dict[str, Any]) -> None:
+    with pytest.raises(workmatic.ValidationError):
+        workmatic.create_worker(memdb, "q", **options)
+
+
+def test_start_without_handler_raises(memdb: workmatic.Database) -> None:
+    with pytest.raises(workmatic.WorkmaticError, match="handler"):
+        workmatic.create_worker(memdb).start()
+
+
+def test_processes_jobs_and_stores_results(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db, "q")
+    ids = client.add_many([{"n": i} for i in range(20)])
+    worker = make(db, lambda job: {"double": job.payload["n"] * 2}, concurrency=4)
+    worker.start()
+    assert worker.is_running
+    wait_for(lambda: client.stats().done == 20)
+    worker.stop()
+    assert not worker.is_running
+    assert [job_of(db, i).result for i in ids] == [{"double": n * 2} for n in range(20)]
+    assert worker.processed == 20
+
+
+def test_at_most_concurrency_handlers_and_no_claim_ahead(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db, "q")
+    client.add_many([{}] * 10)
+    release = gevent.event.Event()
+    active = [0]
+    peak = [0]
+
+    def handler(job: workmatic.Job) -> None:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        release.wait()
+        active[0] -= 1
+
+    worker = make(db, handler, concurrency=3)
+    worker.start()
+    wait_for(lambda: active[0] == 3)
+    gevent.sleep(0.2)  # give a claim-ahead bug the time to show
+    assert client.stats().running == 3 and client.stats().ready == 7
+    assert worker.active == 3
+    release.set()
+    wait_for(lambda: client.stats().done == 10)
+    worker.stop()
+    assert peak[0] == 3
+
+
+def test_priority_then_fifo(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    order: list[str] = []
+    client.add("p5-a", priority=5)
+    client.add("p0-a")
+    client.add("p-1", priority=-1)
+    client.add("p0-b")
+    client.add("p5-b", priority=5)
+    worker = make(memdb, lambda job: order.append(job.payload))
+    worker.start()
+    wait_for(lambda: len(order) == 5)
+    worker.stop()
+    assert order == ["p-1", "p0-a", "p0-b", "p5-a", "p5-b"]
+
+
+def test_delayed_job_waits_for_its_time(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    started: dict[str, float] = {}
+    added = time.monotonic()
+    client.add("later", delay=0.5, priority=-10)
+    client.add("now")
+    worker = make(memdb, lambda job: started.setdefault(job.payload, time.monotonic()))
+    worker.start()
+    wait_for(lambda: len(started) == 2)
+    worker.stop()
+    assert started["now"] < started["later"]
+    assert started["later"] - added >= 0.5
+    assert started["later"] - added < 1.5, "a delayed job should start soon after it is due"
+
+
+def test_in_process_add_starts_without_waiting_for_poll_interval(db: workmatic.Database) -> None:
+    started = gevent.event.Event()
+    worker = make(db, lambda job: started.set(), poll_interval=60)
+    worker.start()
+    gevent.sleep(0.05)  # the pump is now idle, waiting up to 60 s
+    t0 = time.monotonic()
+    workmatic.create_client(db, "q").add({})
+    assert started.wait(5)
+    worker.stop()
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_other_process_add_is_noticed_quickly(db: workmatic.Database, db_path: str) -> None:
+    started = gevent.event.Event()
+    worker = make(db, lambda job: started.set(), poll_interval=60)
+    worker.start()
+    producer = script("producer", db_path, "q", "1")
+    t0 = time.monotonic()
+    assert started.wait(20)
+    latency = time.monotonic() - t0
+    producer.wait(10)
+    worker.stop()
+    assert latency < 5, "well under the 60 s poll interval"
+
+
+def test_failure_retries_with_backoff_then_succeeds(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    seen: list[int] = []
+
+    def flaky(job: workmatic.Job) -> str:
+        seen.append(job.attempts)
+        if job.attempts < 2:
+            raise RuntimeError(f"fail {job.attempts}")
+        return "ok"
+
+    job_id = client.add({})
+    worker = make(memdb, flaky, backoff=lambda n: 0.01 * n)
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).status == "done")
+    worker.stop()
+    job = job_of(memdb, job_id)
+    assert seen == [0, 1, 2]
+    assert (job.attempts, job.result) == (2, "ok")
+    assert job.last_error is not None and "fail 1" in job.last_error
+
+
+def test_default_backoff_is_two_to_the_n(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    job_id = client.add({})
+
+    def fail(job: workmatic.Job) -> None:
+        raise ValueError("nope")
+
+    worker = make(memdb, fail)
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).attempts == 1)
+    worker.stop()
+    job = job_of(memdb, job_id)
+    assert job.status == "ready"
+    assert 1.9 <= (job.run_at - job.updated_at).total_seconds() <= 2.1
+    assert job.last_error is not None and job.last_error.startswith("ValueError: nope")
+
+
+def test_no_attempts_left_is_dead(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    job_id = client.add({}, max_attempts=3)
+    runs = [0]
+
+    def fail(job: workmatic.Job) -> None:
+        runs[0] += 1
+        raise RuntimeError("always")
+
+    worker = make(memdb, fail, backoff=lambda n: 0)
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).status == "dead")
+    worker.stop()
+    job = job_of(memdb, job_id)
+    assert runs[0] == 3 and job.attempts == 3
+    assert job.last_error is not None and "always" in job.last_error
+
+
+def test_permanent_error_fails_without_retry(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    job_id = client.add({})
+    runs = [0]
+
+    def refuse(job: workmatic.Job) -> None:
+        runs[0] += 1
+        raise workmatic.PermanentError("bad address")
+
+    worker = make(memdb, refuse)
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).status == "failed")
+    gevent.sleep(0.1)
+    worker.stop()
+    assert runs[0] == 1
+    assert "bad address" in (job_of(memdb, job_id).last_error or "")
+
+
+class Order(Schema):
+    item = fields.String(required=True)
+    when = fields.Date(required=True)
+
+
+def test_worker_schema_loads_payloads_and_fails_bad_ones(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    good = client.add({"item": "book", "when": "2026-12-03"})
+    bad = client.add({"item": "book"})
+    seen: list[Any] = []
+    worker = make(memdb, lambda job: seen.append(job.payload), schema=Order())
+    worker.start()
+    wait_for(lambda: job_of(memdb, bad).status == "failed" and job_of(memdb, good).status == "done")
+    worker.stop()
+    assert seen == [{"item": "book", "when": dt.date(2026, 12, 3)}]
+    assert "when" in (job_of(memdb, bad).last_error or "")
+
+
+def test_unserialisable_result_fails_the_job(memdb: workmatic.Database) -> None:
+    job_id = workmatic.create_client(memdb, "q").add({})
+    worker = make(memdb, lambda job: object())
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).status == "failed")
+    worker.stop()
+    assert "not JSON-serialisable" in (job_of(memdb, job_id).last_error or "")
+
+
+def test_timeout_stops_the_handler(memdb: workmatic.Database) -> None:
+    job_id = workmatic.create_client(memdb, "q").add({}, max_attempts=1)
+    finished = []
+
+    def slow(job: workmatic.Job) -> None:
+        gevent.sleep(5)
+        finished.append(job.id)
+
+    worker = make(memdb, slow, timeout=0.1)
+    worker.start()
+    wait_for(lambda: job_of(memdb, job_id).status == "dead")
+    gevent.sleep(0.2)
+    worker.stop()
+    assert finished == []
+    assert "timed out after 0.1 s" in (job_of(memdb, job_id).last_error or "")
+
+
+def test_handler_exceptions_never_kill_the_worker(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    client.add_many([{"n": i} for i in range(10)], max_attempts=1)
+
+    def half(job: workmatic.Job) -> None:
+        if job.payload["n"] % 2:
+            raise KeyError("odd")
+
+    worker = make(memdb, half, concurrency=2)
+    worker.start()
+    wait_for(lambda: client.stats().done == 5 and client.stats().dead == 5)
+    assert worker.is_running
+    client.add({"n": 100})
+    wait_for(lambda: client.stats().done == 6)
+    worker.stop()
+
+
+def test_lease_is_renewed_while_a_long_job_runs(db: workmatic.Database, db_path: str) -> None:
+    client = workmatic.create_client(db, "q")
+    job_id = client.add({})
+    runs: list[str] = []
+
+    def long(job: workmatic.Job) -> None:
+        runs.append("a")
+        gevent.sleep(1.5)
+
+    a = make(db, long, lease=0.3)
+    a.start()
+    wait_for(lambda: runs == ["a"])
+    with workmatic.create_database(db_path) as other:  # a second worker, its own connection
+        b = make(other, lambda job: runs.append("b"), lease=0.3, poll_interval=0.05)
+        b.start()
+        wait_for(lambda: job_of(db, job_id).status == "done", timeout=10)
+        b.stop()
+    a.stop()
+    assert runs == ["a"]
+    assert job_of(db, job_id).attempts == 0
+
+
+def test_fencing_a_worker_that_lost_its_lease_cannot_overwrite(db: workmatic.Database) -> None:
+    client = workmatic.create_client(db, "q")
+    job_id = client.add({})
+    release_a = gevent.event.Event()
+
+    def a_handler(job: workmatic.Job) -> str:
+        release_a.wait()
+        return "from A"
+
+    a = make(db, a_handler)
+    a.start()
+    wait_for(lambda: job_of(db, job_id).status == "running")
+    # A's lease runs out (as if A had stalled): B reaps and takes the job.
+    raw_sql(db, "UPDATE jobs SET lease_until = 1 WHERE public_id = ?", job_id)
+    b = make(db, lambda job: f"from B after {job.attempts}")
+    b.start()
+    wait_for(lambda: job_of(db, job_id).status == "done")
+    release_a.set()
+    wait_for(lambda: a.active == 0)
+    a.stop()
+    b.stop()
+    job = job_of(db, job_id)
+    assert job.result == "from B after 1"
+    assert job.attempts == 1
+    assert a.processed == 0 and b.processed == 1
+
+
+def test_expired_lease_counts_as_an_attempt(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    retried = client.add({"n": 1})
+    doomed = client.add({"n": 2}, max_attempts=1)
+    for job_id in (retried, doomed):  # as if a worker had claimed them and died
+        raw_sql(memdb, "UPDATE jobs SET status = 'running', lease_until = 1, token = 7"
+                " WHERE public_id = ?", job_id)  # fmt: skip
+    seen: list[tuple[int, str | None]] = []
+    worker = make(memdb, lambda job: seen.append((job.attempts, job.last_error)))
+    worker.start()
+    wait_for(lambda: job_of(memdb, retried).status == "done")
+    worker.stop()
+    assert len(seen) == 1 and seen[0][0] == 1
+    assert "lease expired" in (seen[0][1] or "")
+    assert job_of(memdb, doomed).status == "dead"
+    assert "lease expired" in (job_of(memdb, doomed).last_error or "")
+
+
+def test_worker_pause_stops_new_starts_at_once(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    started: list[int] = []
+    gate = gevent.event.Event()
+
+    def handler(job: workmatic.Job) -> None:
+        started.append(job.payload)
+        gate.wait()
+
+    worker = make(memdb, handler)
+    client.add_many(list(range(5)))
+    worker.start()
+    wait_for(lambda: len(started) == 1)
+    worker.pause()
+    assert worker.is_paused
+    gate.set()
+    wait_for(lambda: client.stats().done == 1)
+    gevent.sleep(0.2)
+    assert started == [0] and client.stats().ready == 4 and client.stats().running == 0
+    worker.resume()
+    wait_for(lambda: client.stats().done == 5)
+    worker.stop()
+
+
+def test_queue_pause_from_another_process_is_honoured(db: workmatic.Database, db_path: str) -> None:
+    client = workmatic.create_client(db, "q")
+    done: list[int] = []
+    worker = make(db, lambda job: done.append(job.payload["n"]))
+    worker.start()
+    assert script("producer", db_path, "q", "0", "--pause").wait(20) == 0
+    t0 = time.monotonic()
+    client.add({"n": 1})
+    gevent.sleep(1.0)
+    assert done == [] and client.stats().ready == 1
+    assert script("producer", db_path, "q", "0", "--resume").wait(20) == 0
+    wait_for(lambda: done == [1], timeout=5)
+    assert time.monotonic() - t0 < 20
+    worker.stop()
+
+
+def test_stop_finishes_running_jobs(memdb: workmatic.Database) -> None:
+    client = workmatic.create_client(memdb, "q")
+    job_id = client.add({})
+    started = gevent.event.Event()
+
+    def handler(job: workmatic.Job) -> str:
+        started.set()
+        gevent.sleep(0.3)
+        return "finished"
+
+    worker = make(memdb, handler)
+    worker.start()
+    assert started.wait(5)
+    worker.stop()
+    assert job_of(memdb, job_id).result == "finished"
+
+
+def test_stop_with_timeout_releases_unfinished_jobs_without_an_attempt(
+    memdb: workmatic.Database,
+) -> None:
+    client = workmatic.create_client(memdb, "q")
+    job_id = client.add({})
+    started = gevent.event.Event()
+
+    def forever(job: workmatic.Job) -> None:
+        started.set()
+        gevent.sleep(3600)
+
+    worker = make(memdb, forever)
+    worker.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    worker.stop(timeout=0.2)
+    assert time.monotonic() - t0 < 3
+    job = job_of(memdb, job_id)
+    assert (job.status, job.attempts, job.last_error) == ("ready", 0, None)
+
+
+def test_a_transient_database_error_does_not_kill_the_worker(db_path: str) -> None:
+    with workmatic.create_database(db_path, lock_timeout=0.2) as db:
+        client = workmatic.create_client(db, "q")
+        worker = make(db, lambda job: None, poll_interval=0.05)
+        worker.start()
+        client.add({})
+        wait_for(lambda: client.stats().done == 1)
+        holder = script("lock_holder", db_path, "1.0")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        gevent.sleep(0.5)  # the worker's writes fail with DatabaseLockedError meanwhile
+        holder.wait(10)
+        client.add({})
+        wait_for(lambda: client.stats().done == 2)
+        assert worker.is_running
+        worker.stop()
+
+
+def test_stats_and_info(memdb: workmatic.Database) -> None:
+    worker = make(memdb, lambda job: None, concurrency=2)
+    workmatic.create_client(memdb, "q").add({})
+    assert worker.stats().ready == 1
+    info = worker.info()
+    assert info["queue"] == "q" and info["concurrency"] == 2 and info["is_running"] is False
