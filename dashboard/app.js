@@ -5,6 +5,7 @@
 
 (function () {
   const REFRESH_MS = 2000;
+  const REQUEST_TIMEOUT_MS = 10000;
   const STATUSES = ["ready", "running", "done", "failed", "dead"];
   const RETRYABLE = ["dead", "failed"];
   const PREVIEW_CHARS = 140;
@@ -22,6 +23,7 @@
     job: null,
     timer: null,
     inFlight: false,
+    again: false,
   };
   const lastRendered = {};
 
@@ -127,7 +129,20 @@
   // --- network
 
   async function request(url, options) {
-    const response = await fetch(url, Object.assign({ headers: { Accept: "application/json" } }, options));
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(url, Object.assign({
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+        signal: controller.signal,
+      }, options));
+    } catch (err) {
+      throw new Error(err.name === "AbortError" ? "the server did not answer in time" : "the server cannot be reached");
+    } finally {
+      clearTimeout(timer);
+    }
     let body = null;
     try {
       body = await response.json();
@@ -266,7 +281,7 @@
               ? button("Resume", () => act(post("api/queues/" + q(queue.name) + "/resume"), "Queue “" + queue.name + "” resumed"), "btn-primary")
               : button("Pause", () => act(post("api/queues/" + q(queue.name) + "/pause"), "Queue “" + queue.name + "” paused"), "btn-pause"),
             retryable
-              ? button("Retry " + fmt(retryable), () => act(post("api/queues/" + q(queue.name) + "/retry"), "Dead and failed jobs of “" + queue.name + "” queued again"), "btn-retry")
+              ? button("Retry " + fmt(retryable) + " failed", () => act(post("api/queues/" + q(queue.name) + "/retry"), "Dead and failed jobs of “" + queue.name + "” queued again"), "btn-retry")
               : null)
         );
       });
@@ -491,8 +506,12 @@
   }
 
   async function refresh() {
-    if (state.inFlight) return;
+    if (state.inFlight) {
+      state.again = true; // an action happened mid-refresh: refresh once more afterwards
+      return;
+    }
     state.inFlight = true;
+    state.again = false;
     try {
       const [stats, page] = await Promise.all([request("api/stats"), request(jobsUrl())]);
       if (typeof stats.now_ms === "number") state.skewMs = stats.now_ms - Date.now();
@@ -520,6 +539,7 @@
     } finally {
       state.inFlight = false;
     }
+    if (state.again) await refresh();
   }
 
   function schedule() {

@@ -40,7 +40,9 @@ def create_app(db: workmatic.Database, *, auth: tuple[str, str] | None = None) -
 
     @app.get("/")
     def home() -> Any:
-        return jsonify(app="flask_mount example", dashboard="/workmatic/", jobs=emails.stats().as_dict())
+        return jsonify(
+            app="flask_mount example", dashboard="/workmatic/", jobs=emails.stats().as_dict()
+        )
 
     @app.post("/signup")
     def signup() -> Any:

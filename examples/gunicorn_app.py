@@ -47,7 +47,9 @@ atexit.register(worker.stop, 10)
 
 def _json(start_response: StartResponse, status: str, data: object) -> list[bytes]:
     body = json.dumps(data).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
     return [body]
 
 

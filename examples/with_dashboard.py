@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.start()
 
-        dash = workmatic.create_dashboard(
-            db, host=options.host, port=options.port, workers=workers
-        )
+        dash = workmatic.create_dashboard(db, host=options.host, port=options.port, workers=workers)
         print(f"Workmatic dashboard: {dash.url}  (database: {options.db})", flush=True)
 
         producer = gevent.spawn(enqueue_demo_jobs, db, stop, options.interval)

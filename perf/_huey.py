@@ -146,7 +146,12 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
         else:
             raise SystemExit(f"huey: unknown case {case!r}")
     result.update(
-        {"jobs": jobs, "seconds": elapsed, "rate": rate(jobs, elapsed), "stall_ms": monitor.max_gap_ms}
+        {
+            "jobs": jobs,
+            "seconds": elapsed,
+            "rate": rate(jobs, elapsed),
+            "stall_ms": monitor.max_gap_ms,
+        }
     )
     if case in ("process", "mixed") and done.count < jobs:
         result["error"] = f"only {done.count} of {jobs} jobs ran"

@@ -139,9 +139,7 @@ def build_rows(sizes: Sizes, modes: tuple[str, ...] = ("file", "memory")) -> lis
                 "mixed",
                 f"Mixed insert+process ({MIXED_PRODUCERS} producers, c={MIXED_CONCURRENCY})",
                 mode,
-                _cells(
-                    "mixed", mode, n, concurrency=MIXED_CONCURRENCY, producers=MIXED_PRODUCERS
-                ),
+                _cells("mixed", mode, n, concurrency=MIXED_CONCURRENCY, producers=MIXED_PRODUCERS),
             )
         )
         rows.append(
@@ -162,9 +160,7 @@ def build_rows(sizes: Sizes, modes: tuple[str, ...] = ("file", "memory")) -> lis
         )
         io = _cells("process", mode, n, concurrency=IO_CONCURRENCY, sleep=IO_SLEEP)
         del io["floor"]
-        rows.append(
-            Row("io_bound", f"I/O-bound: sleep(0.01), c={IO_CONCURRENCY}", mode, io, "io")
-        )
+        rows.append(Row("io_bound", f"I/O-bound: sleep(0.01), c={IO_CONCURRENCY}", mode, io, "io"))
     for mode in modes:
         cells = {
             "ours": Spec("workmatic", "latency", mode, "normal", sizes.latency, ()),

@@ -20,8 +20,11 @@ def table(headers: list[str], body: list[list[str]]) -> str:
             out.append(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]))
         return "| " + " | ".join(out) + " |"
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in
-                         enumerate(widths)) + "|"
+    sep = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(headers), sep, *(line(r) for r in body)])
 
 
@@ -71,8 +74,8 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
         f"{', '.join(f'{x:.2f}' for x in m.get('load_avg', []))}"
     )
     out.append(
-        f"{info['jobs']:,} jobs per Node-table row, payload {{\"i\": n, \"email\": "
-        f"\"user{{n}}@example.com\"}}; jobs/s, median of {info['repeat']} "
+        f'{info["jobs"]:,} jobs per Node-table row, payload {{"i": n, "email": '
+        f'"user{{n}}@example.com"}}; jobs/s, median of {info["repeat"]} '
         f"(each figure from a fresh process); {info['date']}; `{info['command']}`"
     )
     out.append(
@@ -179,8 +182,14 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
         out.append("")
         out.append(
             table(
-                ["Pickup latency, add() to handler start", "db", "p50 ms", "p99 ms", "max ms",
-                 "samples"],
+                [
+                    "Pickup latency, add() to handler start",
+                    "db",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "samples",
+                ],
                 body,
             )
         )
@@ -205,8 +214,14 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
         out.append("")
         out.append(
             table(
-                ["Large queue (file, NORMAL)", "jobs/s", "worker RSS MiB", "peak RSS MiB",
-                 "max stall ms", "jobs left"],
+                [
+                    "Large queue (file, NORMAL)",
+                    "jobs/s",
+                    "worker RSS MiB",
+                    "peak RSS MiB",
+                    "max stall ms",
+                    "jobs left",
+                ],
                 body,
             )
         )
@@ -234,22 +249,28 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
     by_key = {(r.key, r.mode): fig[id(r)] for r in rows}
     body = []
     for key, label, minimum, ratio in TARGETS:
-        f = by_key.get((key, "file"))
-        if f is None:
+        row_figs = by_key.get((key, "file"))
+        if row_figs is None:
             continue
-        o = _rate(f.get("ours"))
-        h = _rate(f.get("huey_normal"))
+        o = _rate(row_figs.get("ours"))
+        h = _rate(row_figs.get("huey_normal"))
         if minimum is not None:
             ok = o is not None and o >= minimum
             verdicts.append(
-                {"target": f"file: {label} >= {minimum:,.0f}/s",
-                 "measured": f"{o:,.0f}/s" if o else "ERR", "pass": ok}
+                {
+                    "target": f"file: {label} >= {minimum:,.0f}/s",
+                    "measured": f"{o:,.0f}/s" if o else "ERR",
+                    "pass": ok,
+                }
             )
         if ratio is not None:
             ok = o is not None and h is not None and o >= ratio * h
             verdicts.append(
-                {"target": f"file: {label} >= {ratio:.1f}x Huey NORMAL",
-                 "measured": _ratio(o, h) or "ERR", "pass": ok}
+                {
+                    "target": f"file: {label} >= {ratio:.1f}x Huey NORMAL",
+                    "measured": _ratio(o, h) or "ERR",
+                    "pass": ok,
+                }
             )
     # Keep the Node checks after the explicit targets.
     verdicts.sort(key=lambda v: "Node" in v["target"])

@@ -80,7 +80,6 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
     client = workmatic.create_client(db, QUEUE)
     wal = path + "-wal"
     stop = gevent.event.Event()
-    added = 0
     done = 0
 
     def handler(job: Any) -> None:
@@ -90,14 +89,12 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
         done += 1
 
     def producer(index: int, share: float) -> None:
-        nonlocal added
         n = index * 10_000_000
         start = time.monotonic()
         k = 0
         while not stop.is_set():
             client.add(payload(n + k))
             k += 1
-            added += 1
             ahead = k / share - (time.monotonic() - start)
             if ahead > 0:
                 stop.wait(ahead)
@@ -113,8 +110,16 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
     remote_rate = rate - local_rate
     until = time.time() + seconds
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--produce", path,
-         "--rate", str(remote_rate), "--until", str(until)]  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--produce",
+            path,
+            "--rate",
+            str(remote_rate),
+            "--until",
+            str(until),
+        ]
     )
     greenlets = [gevent.spawn(producer, i, local_rate / producers) for i in range(producers)]
     greenlets.append(gevent.spawn(janitor))
@@ -125,11 +130,15 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
         f"({db.driver}), durability {db.durability}",
         flush=True,
     )
-    print(f"{'t s':>6} {'added':>8} {'done':>8} {'done/s':>8} {'backlog':>8} "
-          f"{'RSS MiB':>8} {'db MiB':>8} {'WAL MiB':>8}", flush=True)  # fmt: skip
+    print(
+        f"{'t s':>6} {'added':>8} {'done':>8} {'done/s':>8} {'backlog':>8} "
+        f"{'RSS MiB':>8} {'db MiB':>8} {'WAL MiB':>8}",
+        flush=True,
+    )
     start = time.monotonic()
     last_done = 0
     with HubMonitor() as monitor:
+        monitor.start()
         while True:
             elapsed = time.monotonic() - start
             if elapsed >= seconds:
@@ -137,20 +146,24 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
             gevent.sleep(min(window, seconds - elapsed))
             now = time.monotonic() - start
             span = now - (windows[-1].t if windows else 0.0)
+            backlog = db.count_jobs(queue=QUEUE, status="ready")
             w = Window(
                 t=now,
-                added=added,
+                added=done + backlog + worker.active,  # by every producer
                 done=done,
                 rate=(done - last_done) / span if span > 0 else 0.0,
-                backlog=db.count_jobs(queue=QUEUE, status="ready"),
+                backlog=backlog,
                 rss_mb=rss_mb(),
                 db_mb=file_mb(path),
                 wal_mb=file_mb(wal),
             )
             last_done = done
             windows.append(w)
-            print(f"{w.t:6.1f} {w.added:8d} {w.done:8d} {w.rate:8.0f} {w.backlog:8d} "
-                  f"{w.rss_mb:8.1f} {w.db_mb:8.1f} {w.wal_mb:8.1f}", flush=True)  # fmt: skip
+            print(
+                f"{w.t:6.1f} {w.added:8d} {w.done:8d} {w.rate:8.0f} {w.backlog:8d} "
+                f"{w.rss_mb:8.1f} {w.db_mb:8.1f} {w.wal_mb:8.1f}",
+                flush=True,
+            )
         stop.set()
         gevent.joinall(greenlets, timeout=10)
         code = proc.wait(timeout=60)
@@ -170,8 +183,10 @@ def soak(path: str, seconds: float, window: float, rate: float, producers: int) 
         ("min / max window done/s", f"{min(rates, default=0):,.0f} / {max(rates, default=0):,.0f}"),
         ("final RSS MiB", f"{rss_mb():.1f}"),
         ("final db MiB", f"{file_mb(path):.1f}"),
-        ("max / final WAL MiB",
-         f"{max((w.wal_mb for w in windows), default=0):.1f} / {file_mb(wal):.1f}"),  # fmt: skip
+        (
+            "max / final WAL MiB",
+            f"{max((w.wal_mb for w in windows), default=0):.1f} / {file_mb(wal):.1f}",
+        ),
         ("largest hub stall ms", f"{monitor.max_gap_ms:.1f}"),
         ("left ready / running / dead", f"{final.ready} / {final.running} / {final.dead}"),
         ("result", "FAIL: " + "; ".join(problems) if problems else "PASS"),

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,6 +66,45 @@ def read_url_line(
     raise AssertionError(f"no URL printed by {proc.args!r}\nstdout: {out}\nstderr: {err}")
 
 
+class Running:
+    """A program under test: ``proc``, the ``url`` it printed, and its output so far.
+
+    Unpacks as ``(proc, url)``. After the URL, its stdout and stderr are drained by threads
+    (so a chatty program never blocks on a full pipe) into :meth:`stdout` and :meth:`stderr`.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._drain, args=(stream, sink), daemon=True)
+            for stream, sink in ((proc.stdout, self._out), (proc.stderr, self._err))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _drain(stream: Any, sink: list[str]) -> None:
+        for line in iter(stream.readline, ""):
+            sink.append(line)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.proc, self.url))
+
+    def join(self) -> None:
+        """Wait for the output threads (after the process exited)."""
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+
 @contextlib.contextmanager
 def running(
     args: Sequence[str],
@@ -73,8 +113,8 @@ def running(
     cwd: Path | None = None,
     stop_signal: int = signal.SIGTERM,
     url_from_stderr: bool = False,
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start a program that prints its URL, yield (process, url), then stop it."""
+) -> Iterator[Running]:
+    """Start a program that prints its URL, yield it as :class:`Running`, then stop it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         list(args),
@@ -85,8 +125,10 @@ def running(
         env=full_env,
         cwd=str(cwd or ROOT),
     )
+    server = None
     try:
-        yield proc, read_url_line(proc, from_stderr=url_from_stderr)
+        server = Running(proc, read_url_line(proc, from_stderr=url_from_stderr))
+        yield server
     finally:
         if proc.poll() is None:
             proc.send_signal(stop_signal)
@@ -95,9 +137,16 @@ def running(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if server is not None:
+            server.join()
         for stream in (proc.stdout, proc.stderr, proc.stdin):
             if stream is not None:
                 stream.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def http(
@@ -106,11 +155,14 @@ def http(
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    follow_redirects: bool = True,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Make a blocking HTTP request; return (status, headers, body) even for 4xx/5xx."""
+    """Make a blocking HTTP request; return (status, headers, body) even for 3xx-5xx."""
     request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    handlers = [] if follow_redirects else [_NoRedirect()]
+    opener = urllib.request.build_opener(*handlers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()

@@ -64,7 +64,14 @@ def test_stats_totals_queues_and_pause_state(dash_db: workmatic.Database, client
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     body = response.json
-    assert body["totals"] == {"ready": 4, "running": 0, "done": 0, "failed": 0, "dead": 1, "total": 5}
+    assert body["totals"] == {
+        "ready": 4,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+        "dead": 1,
+        "total": 5,
+    }
     assert [q["name"] for q in body["queues"]] == ["emails", "reports"]
     emails, reports = body["queues"]
     assert emails["is_paused"] is False
@@ -247,7 +254,9 @@ def test_job_detail_has_every_field(dash_db: workmatic.Database, client: Client)
 
 
 @pytest.mark.parametrize(
-    "job_id", ["nope", "0" * 28, "%00", "a%20b", "%E2%9C%93"], ids=["word", "zeros", "nul", "space", "unicode"]
+    "job_id",
+    ["nope", "0" * 28, "%00", "a%20b", "%E2%9C%93"],
+    ids=["word", "zeros", "nul", "space", "unicode"],
 )
 def test_unknown_job_is_404(client: Client, job_id: str) -> None:
     response = client.get(f"/api/jobs/{job_id}")
@@ -327,8 +336,18 @@ def test_retry_every_dead_and_failed_job_of_a_queue(
         ("50%", "50%25"),
         ("a?b#c", "a%3Fb%23c"),
     ],
-    ids=["plain", "space", "slash", "leading-slash", "trailing-slash", "unicode", "pause",
-         "ends-with-action", "percent", "query-chars"],
+    ids=[
+        "plain",
+        "space",
+        "slash",
+        "leading-slash",
+        "trailing-slash",
+        "unicode",
+        "pause",
+        "ends-with-action",
+        "percent",
+        "query-chars",
+    ],
 )
 def test_pause_and_resume_queue_persist(
     dash_db: workmatic.Database, client: Client, queue: str, path: str

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_helpers import HELPER, running, wait_until
 
 import workmatic
-from dashboard_helpers import HELPER, running, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -78,8 +78,14 @@ def serve(db_path: Path, *extra: str) -> Any:
 
 
 def add_dead(db: workmatic.Database, queue: str, **fields: Any) -> None:
-    record = {"payload": json.dumps({"n": 1}), "queue": queue, "status": "dead", "attempts": 3,
-              "last_error": "ValueError: boom", **fields}
+    record = {
+        "payload": json.dumps({"n": 1}),
+        "queue": queue,
+        "status": "dead",
+        "attempts": 3,
+        "last_error": "ValueError: boom",
+        **fields,
+    }
     db.import_jobs([record])
 
 
@@ -225,9 +231,9 @@ def test_filters_and_pagination(page: Page, db: workmatic.Database, db_path: Pat
 
     with serve(db_path) as (_proc, url):
         open_page(page, url)
-        expect(page.locator("#page-info")).to_have_text("1–20 of 27 jobs")
+        expect(page.locator("#page-info")).to_have_text("1\u201320 of 27 jobs")
         page.locator("#next-page").click()
-        expect(page.locator("#page-info")).to_have_text("21–27 of 27 jobs")
+        expect(page.locator("#page-info")).to_have_text("21\u201327 of 27 jobs")
         expect(page.locator("#jobs tr.job-row")).to_have_count(7)
 
         page.locator('#status-tabs [data-status="dead"]').click()
@@ -237,7 +243,7 @@ def test_filters_and_pagination(page: Page, db: workmatic.Database, db_path: Pat
         page.locator('#status-tabs [data-status="all"]').click()
         page.locator("#queue-filter").select_option("reports")
         expect(page.locator("#jobs tr.job-row")).to_have_count(1)
-        expect(page.locator("#page-info")).to_have_text("1–1 of 1 jobs")
+        expect(page.locator("#page-info")).to_have_text("1\u20131 of 1 jobs")
         assert "queue=reports" in page.url
 
         page.reload()  # the filter lives in the URL
@@ -298,8 +304,15 @@ def test_screenshot(browser: Browser, db: workmatic.Database, db_path: Path) -> 
         add_dead(db, "emails", last_error=f"ConnectionError: SMTP 421 try again later (#{i})")
     add_dead(db, "reports", status="failed", last_error="PermanentError: unknown report kind")
     db.import_jobs(
-        [{"queue": "reports", "payload": json.dumps({"kind": "weekly"}), "status": "done",
-          "result": json.dumps({"rows": 4242})} for _ in range(12)]
+        [
+            {
+                "queue": "reports",
+                "payload": json.dumps({"kind": "weekly"}),
+                "status": "done",
+                "result": json.dumps({"rows": 4242}),
+            }
+            for _ in range(12)
+        ]
     )
     ARTIFACTS.mkdir(exist_ok=True)
 

@@ -55,12 +55,22 @@ def client(dash_db: workmatic.Database) -> Client:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/workmaticfoo", "/workmatic.html", "/other/workmatic/", "/Workmatic/", "/api/stats",
-     "//workmatic/", "/x/../workmatic/"],
+    [
+        "/",
+        "/workmaticfoo",
+        "/workmatic.html",
+        "/other/workmatic/",
+        "/Workmatic/",
+        "/api/stats",
+        "//workmatic/",
+        "/x/../workmatic/",
+    ],
 )
 def test_other_paths_reach_the_wrapped_app_untouched(client: Client, path: str) -> None:
     response = client.get(
-        "/?a=1&b=2", environ_overrides={"PATH_INFO": path}, headers={"Origin": "http://evil.example"}
+        "/?a=1&b=2",
+        environ_overrides={"PATH_INFO": path},
+        headers={"Origin": "http://evil.example"},
     )
 
     assert response.status_code == 200
@@ -198,8 +208,8 @@ def fetch(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
     """HTTP from an OS thread, so that the gevent hub of this thread keeps serving."""
     from dashboard_helpers import http
 
-    return gevent.get_hub().threadpool.spawn(http, url, method=method, headers=headers).get(
-        timeout=20
+    return (
+        gevent.get_hub().threadpool.spawn(http, url, method=method, headers=headers).get(timeout=20)
     )
 
 

@@ -40,8 +40,6 @@ from workmatic.exceptions import (
 from workmatic.job import STATUSES
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from workmatic.database import Database
@@ -139,9 +137,7 @@ class DashboardApp:
                 Rule("/api/jobs/<job_id>", endpoint="job", methods=["GET"]),
                 Rule("/api/jobs/<job_id>/retry", endpoint="retry_job", methods=["POST"]),
                 Rule("/api/queues/<queue:queue>/pause", endpoint="pause_queue", methods=["POST"]),
-                Rule(
-                    "/api/queues/<queue:queue>/resume", endpoint="resume_queue", methods=["POST"]
-                ),
+                Rule("/api/queues/<queue:queue>/resume", endpoint="resume_queue", methods=["POST"]),
                 Rule("/api/queues/<queue:queue>/retry", endpoint="retry_queue", methods=["POST"]),
                 Rule(
                     "/api/workers/<queue:queue>/pause", endpoint="pause_workers", methods=["POST"]
@@ -189,7 +185,7 @@ class DashboardApp:
             response: Response = getattr(self, f"on_{endpoint}")(request, **values)
             return response
         except RequestRedirect as redirect:
-            return redirect.get_response(request.environ)  # type: ignore[return-value]
+            return redirect.get_response(request.environ)
         except MethodNotAllowed as error:
             response = _error(405, "method not allowed")
             response.headers["Allow"] = ", ".join(sorted(error.valid_methods or ()))
@@ -377,7 +373,7 @@ class DashboardApp:
 # --- helpers
 
 
-def _load_query(items: Iterator[tuple[str, list[str]]]) -> dict[str, Any]:
+def _load_query(items: Iterable[tuple[str, list[str]]]) -> dict[str, Any]:
     """Validate a query string; an empty value means "not given" (the page's "all")."""
     data: dict[str, str] = {}
     for key, values in items:

@@ -11,7 +11,7 @@ import binascii
 import hmac
 import logging
 from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
 from workmatic.exceptions import ValidationError
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: What ``auth=`` accepts: ``(user, password)`` for HTTP basic auth, or a callable that is
 #: given the WSGI environ and returns whether the request may see the dashboard.
-Auth = Union[tuple[str, str], Callable[["WSGIEnvironment"], bool], None]
+Auth: TypeAlias = "tuple[str, str] | Callable[[WSGIEnvironment], bool] | None"
 
 #: Sent with every response of the dashboard (pages, static files, JSON, errors, redirects).
 SECURITY_HEADERS: dict[str, str] = {

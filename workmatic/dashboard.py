@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from workmatic.worker import Worker
 
 __all__ = [
+    "Dashboard",
     "DashboardApp",
     "DashboardMiddleware",
-    "Dashboard",
     "JobListQuerySchema",
     "create_dashboard",
     "create_dashboard_app",

@@ -3,8 +3,8 @@
 ``worker_proc.py DB QUEUE RECORD [--concurrency N] [--lease S] [--name NAME]``
 
 Each run appends ``<job id> <name> <attempts> start|end`` lines to RECORD (O_APPEND
-writes of one line are atomic). A payload ``{"block": true}`` blocks forever (until the
-process is killed); ``{"sleep": s}`` sleeps s seconds. Stops gracefully on SIGTERM.
+writes of one line are atomic). A payload ``{"block": true}`` (or ``{"block_on": NAME}`` in
+the worker of that name) blocks forever (until the process is killed); ``{"sleep": s}`` sleeps s seconds. Stops gracefully on SIGTERM.
 """
 
 from gevent import monkey
@@ -47,7 +47,7 @@ worker = workmatic.create_worker(
 def handle(job: workmatic.Job) -> dict[str, str]:
     note(job, "start")
     payload = job.payload if isinstance(job.payload, dict) else {}
-    if payload.get("block"):
+    if payload.get("block") or payload.get("block_on") == args.name:
         gevent.sleep(3600)
     if payload.get("sleep"):
         gevent.sleep(float(payload["sleep"]))

@@ -1,0 +1,92 @@
+"""Real processes on a real file: two workers and a producer share one database; a worker
+killed with SIGKILL mid-job loses nothing."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+from pathlib import Path
+
+from helpers import script, wait_for
+
+import workmatic
+
+
+def read_record(path: Path) -> list[tuple[str, str, int, str]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        job_id, name, attempts, what = line.split()
+        rows.append((job_id, name, int(attempts), what))
+    return rows
+
+
+def start_worker(db_path: str, record: Path, name: str, *extra: str) -> subprocess.Popen[str]:
+    proc = script("worker_proc", db_path, "q", str(record), "--name", name, *extra)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:  # pragma: no cover - reported by the assert
+        proc.kill()
+        proc.wait()
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read() if proc.stderr else ""
+
+
+def test_two_workers_and_a_producer_run_every_job_exactly_once(
+    db: workmatic.Database, db_path: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "record.txt"
+    workers = [start_worker(db_path, record, name, "--concurrency", "8") for name in ("w1", "w2")]
+    producer = script("producer", db_path, "q", "5000", "--batch", "7")
+    try:
+        out, err = producer.communicate(timeout=120)
+        assert producer.returncode == 0, err
+        added = [line for line in out.split() if line != "done"]
+        assert len(added) == 5000
+        wait_for(lambda: db.stats("q").done == 5000, timeout=120, interval=0.1)
+    finally:
+        for proc in workers:
+            stop(proc)
+    runs = read_record(record)
+    starts = collections.Counter(job_id for job_id, _, _, what in runs if what == "start")
+    assert set(starts) == set(added), "every job ran"
+    assert max(starts.values()) == 1, "no job ran twice"
+    by_worker = collections.Counter(name for _, name, _, what in runs if what == "end")
+    assert sum(by_worker.values()) == 5000
+    assert db.stats("q").as_dict() == {
+        "ready": 0, "running": 0, "done": 5000, "failed": 0, "dead": 0, "total": 5000,
+    }  # fmt: skip
+
+
+def test_a_killed_worker_job_runs_again_after_its_lease_expires(
+    db: workmatic.Database, db_path: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "record.txt"
+    client = workmatic.create_client(db, "q")
+    victim = start_worker(db_path, record, "A", "--lease", "1", "--concurrency", "1")
+    stuck = client.add({"block_on": "A"})
+    wait_for(lambda: any(r[0] == stuck and r[3] == "start" for r in read_record(record)))
+    others = client.add_many([{"n": i} for i in range(50)])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    assert db.get_job(stuck).status == "running"  # type: ignore[union-attr]
+    rescuer = start_worker(db_path, record, "B", "--lease", "1", "--poll-interval", "0.2")
+    try:
+        wait_for(lambda: db.stats("q").done == 51, timeout=30, interval=0.05)
+    finally:
+        stop(rescuer)
+    job = db.get_job(stuck)
+    assert job is not None and job.status == "done" and job.attempts == 1
+    assert "lease expired" in (job.last_error or "")
+    runs = [(name, attempts, what) for job_id, name, attempts, what in read_record(record)
+            if job_id == stuck]  # fmt: skip
+    assert runs == [("A", 0, "start"), ("B", 1, "start"), ("B", 1, "end")]
+    assert all(db.get_job(i).status == "done" for i in others)  # type: ignore[union-attr]
