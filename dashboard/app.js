@@ -55,8 +55,8 @@
     return node;
   }
 
-  function button(label, onclick, className) {
-    return el("button", { type: "button", className: "btn " + (className || ""), onclick }, label);
+  function button(label, onclick, className, title) {
+    return el("button", { type: "button", className: "btn " + (className || ""), onclick, title }, label);
   }
 
   function badge(status) {
@@ -281,7 +281,7 @@
               ? button("Resume", () => act(post("api/queues/" + q(queue.name) + "/resume"), "Queue “" + queue.name + "” resumed"), "btn-primary")
               : button("Pause", () => act(post("api/queues/" + q(queue.name) + "/pause"), "Queue “" + queue.name + "” paused"), "btn-pause"),
             retryable
-              ? button("Retry " + fmt(retryable) + " failed", () => act(post("api/queues/" + q(queue.name) + "/retry"), "Dead and failed jobs of “" + queue.name + "” queued again"), "btn-retry")
+              ? button("Retry " + fmt(retryable), () => act(post("api/queues/" + q(queue.name) + "/retry"), "Dead and failed jobs of “" + queue.name + "” queued again"), "btn-retry", "Run this queue's dead and failed jobs again")
               : null)
         );
       });

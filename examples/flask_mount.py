@@ -67,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", help="user:password for HTTP basic auth on the dashboard")
     parser.add_argument("--duration", type=float, default=0, help="stop after N s (0: never)")
     options = parser.parse_args(argv)
-    auth = tuple(options.auth.split(":", 1)) if options.auth else None
+    auth: tuple[str, str] | None = None
+    if options.auth:
+        user, _, password = options.auth.partition(":")
+        auth = (user, password)
 
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGTERM, stop.set)
     with workmatic.create_database(options.db) as db:
-        app = create_app(db, auth=auth)  # type: ignore[arg-type]
+        app = create_app(db, auth=auth)
         worker: workmatic.Worker = app.extensions["workmatic_worker"]
         worker.start()
         server = gevent.pywsgi.WSGIServer((options.host, options.port), app)

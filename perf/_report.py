@@ -220,7 +220,7 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
                     "worker RSS MiB",
                     "peak RSS MiB",
                     "max stall ms",
-                    "jobs left",
+                    "ready left",
                 ],
                 body,
             )

@@ -183,7 +183,7 @@ def _run_large(path: str, durability: str, jobs: int, options: dict[str, Any]) -
             "rss_mb": rss_mb(),
             "peak_rss_mb": peak_rss_mb(),
             "rss_growth_mb": rss_mb() - base_rss,
-            "queued": db.count_jobs(queue=QUEUE),
+            "queued": db.count_jobs(queue=QUEUE, status="ready"),
         }
     )
     db.close()

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.produce:
         return produce(args.produce, args.rate, args.until)
     seconds = args.seconds if args.seconds is not None else 60 * (args.minutes or 10)
-    window = args.window or (10.0 if seconds >= 50 else max(1.0, seconds / 5))
+    window = args.window or (10.0 if seconds >= 30 else max(1.0, seconds / 5))
     if args.db:
         return soak(os.path.abspath(args.db), seconds, window, args.rate, args.producers)
     with tempfile.TemporaryDirectory(prefix="wm-soak-") as tmp:

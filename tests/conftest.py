@@ -12,7 +12,6 @@ import pytest
 import workmatic
 
 
-
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
     """A path for a fresh database file."""
@@ -47,5 +46,3 @@ def _no_leftover_workers() -> Iterator[None]:
     for worker in left:
         worker.stop(timeout=1)
     assert not left, f"test left workers running: {left}"
-
-

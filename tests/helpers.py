@@ -14,7 +14,9 @@ import gevent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     """Poll ``predicate`` cooperatively until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -54,8 +54,13 @@ def test_stats_count_each_status(memdb: workmatic.Database) -> None:
     workmatic.create_client(memdb, "other").add({})
     stats = client.stats()
     assert stats.as_dict() == {
-        "ready": 3, "running": 0, "done": 0, "failed": 0, "dead": 0, "total": 3,
-    }  # fmt: skip
+        "ready": 3,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+        "dead": 0,
+        "total": 3,
+    }
     assert memdb.stats().total == 4
 
 
@@ -96,11 +101,23 @@ def test_add_many_with_one_bad_payload_writes_nothing(memdb: workmatic.Database)
         ({}, {"delay_ms": 5}, "delay_ms"),
     ],
     ids=[
-        "unserialisable-payload", "nan", "lone-surrogate", "negative-delay", "string-delay",
-        "infinite-delay", "zero-attempts", "float-attempts", "float-priority", "string-priority",
-        "bool-priority", "list-priority", "empty-key", "int-key", "unknown-option",
+        "unserialisable-payload",
+        "nan",
+        "lone-surrogate",
+        "negative-delay",
+        "string-delay",
+        "infinite-delay",
+        "zero-attempts",
+        "float-attempts",
+        "float-priority",
+        "string-priority",
+        "bool-priority",
+        "list-priority",
+        "empty-key",
+        "int-key",
+        "unknown-option",
     ],
-)  # fmt: skip
+)
 def test_bad_input_raises_validation_error_and_writes_nothing(
     memdb: workmatic.Database, payload: Any, options: dict[str, Any], field: str
 ) -> None:
@@ -142,7 +159,9 @@ def test_key_makes_add_idempotent_while_active(memdb: workmatic.Database) -> Non
     assert client.add({"n": 2}, key="user-42") == first
     assert workmatic.create_client(memdb, "other").add({}, key="user-42") != first
     assert client.stats().total == 1
-    memdb._write(lambda c: c.execute("UPDATE jobs SET status = 'done' WHERE public_id = ?", (first,)))
+    memdb._write(
+        lambda c: c.execute("UPDATE jobs SET status = 'done' WHERE public_id = ?", (first,))
+    )
     assert client.add({"n": 3}, key="user-42") != first
 
 
@@ -150,8 +169,12 @@ def test_clear_deletes_the_queue_jobs_but_never_running_ones(memdb: workmatic.Da
     client = workmatic.create_client(memdb, "q")
     ids = client.add_many([{}] * 4)
     workmatic.create_client(memdb, "keep").add({})
-    memdb._write(lambda c: c.execute("UPDATE jobs SET status = 'running' WHERE public_id = ?", (ids[0],)))
-    memdb._write(lambda c: c.execute("UPDATE jobs SET status = 'dead' WHERE public_id = ?", (ids[1],)))
+    memdb._write(
+        lambda c: c.execute("UPDATE jobs SET status = 'running' WHERE public_id = ?", (ids[0],))
+    )
+    memdb._write(
+        lambda c: c.execute("UPDATE jobs SET status = 'dead' WHERE public_id = ?", (ids[1],))
+    )
     assert client.clear(status="dead") == 1
     assert client.clear() == 2
     assert client.stats().as_dict()["running"] == 1

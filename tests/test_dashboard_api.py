@@ -450,3 +450,33 @@ def test_head_requests_work(client: Client) -> None:
 
 def test_api_responses_are_not_cached(client: Client) -> None:
     assert client.get("/api/stats").headers["Cache-Control"] == "no-store"
+
+
+def test_closed_database_is_503(tmp_path: Path) -> None:
+    db = workmatic.create_database(str(tmp_path / "closed.db"))
+    client = Client(create_dashboard_app(db))
+    db.close()
+
+    response = client.get("/api/stats")
+
+    assert response.status_code == 503
+    assert response.json["error"]
+
+
+class _BrokenWorker:
+    queue = "emails"
+
+    def info(self) -> dict[str, Any]:
+        raise RuntimeError("secret internals /etc/passwd")
+
+
+def test_unexpected_errors_are_a_generic_500(
+    dash_db: workmatic.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Client(create_dashboard_app(dash_db, workers=[_BrokenWorker()]))  # type: ignore[list-item]
+
+    response = client.get("/api/stats")
+
+    assert response.status_code == 500
+    assert response.json == {"error": "internal error (see the server's log)"}
+    assert "secret internals" in caplog.text  # logged for the operator, not sent out

@@ -12,11 +12,10 @@ from pathlib import Path
 import gevent
 import gevent.pool
 import pytest
+from helpers import script
 
 import workmatic
 from workmatic import _sql
-
-from helpers import script
 
 
 def raw(path: str) -> sqlite3.Connection:
@@ -71,8 +70,13 @@ def test_version_1_database_is_migrated_keeping_its_jobs(db_path: str) -> None:
     with workmatic.create_database(db_path) as db:
         assert db.get_job("old-1").payload == {"to": "a@b.c"}  # type: ignore[union-attr]
         assert db.stats("emails").as_dict() == {
-            "ready": 1, "running": 0, "done": 0, "failed": 0, "dead": 1, "total": 2,
-        }  # fmt: skip
+            "ready": 1,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "dead": 1,
+            "total": 2,
+        }
         worker = workmatic.create_worker(db, "emails")
         seen = gevent.event.Event()
         worker.process(lambda job: seen.set())

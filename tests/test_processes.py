@@ -62,8 +62,13 @@ def test_two_workers_and_a_producer_run_every_job_exactly_once(
     by_worker = collections.Counter(name for _, name, _, what in runs if what == "end")
     assert sum(by_worker.values()) == 5000
     assert db.stats("q").as_dict() == {
-        "ready": 0, "running": 0, "done": 5000, "failed": 0, "dead": 0, "total": 5000,
-    }  # fmt: skip
+        "ready": 0,
+        "running": 0,
+        "done": 5000,
+        "failed": 0,
+        "dead": 0,
+        "total": 5000,
+    }
 
 
 def test_a_killed_worker_job_runs_again_after_its_lease_expires(
@@ -86,7 +91,10 @@ def test_a_killed_worker_job_runs_again_after_its_lease_expires(
     job = db.get_job(stuck)
     assert job is not None and job.status == "done" and job.attempts == 1
     assert "lease expired" in (job.last_error or "")
-    runs = [(name, attempts, what) for job_id, name, attempts, what in read_record(record)
-            if job_id == stuck]  # fmt: skip
+    runs = [
+        (name, attempts, what)
+        for job_id, name, attempts, what in read_record(record)
+        if job_id == stuck
+    ]
     assert runs == [("A", 0, "start"), ("B", 1, "start"), ("B", 1, "end")]
     assert all(db.get_job(i).status == "done" for i in others)  # type: ignore[union-attr]

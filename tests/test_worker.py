@@ -34,8 +34,11 @@ def raw_sql(db: workmatic.Database, sql: str, *params: Any) -> None:
 def test_defaults(memdb: workmatic.Database) -> None:
     worker = workmatic.create_worker(memdb)
     assert (worker.queue, worker.concurrency, worker.lease, worker.poll_interval) == (
-        "default", 1, 30.0, 1.0,
-    )  # fmt: skip
+        "default",
+        1,
+        30.0,
+        1.0,
+    )
     assert worker.timeout is None and worker.backoff is None
     assert not worker.is_running and not worker.is_paused
 
@@ -43,12 +46,26 @@ def test_defaults(memdb: workmatic.Database) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        {"concurrency": 0}, {"concurrency": 1.5}, {"lease": 0}, {"lease": "30"},
-        {"poll_interval": -1}, {"timeout": 0}, {"backoff": 5}, {"speed": 1},
+        {"concurrency": 0},
+        {"concurrency": 1.5},
+        {"lease": 0},
+        {"lease": "30"},
+        {"poll_interval": -1},
+        {"timeout": 0},
+        {"backoff": 5},
+        {"speed": 1},
     ],
-    ids=["zero-concurrency", "float-concurrency", "zero-lease", "string-lease",
-         "negative-poll", "zero-timeout", "uncallable-backoff", "unknown"],
-)  # fmt: skip
+    ids=[
+        "zero-concurrency",
+        "float-concurrency",
+        "zero-lease",
+        "string-lease",
+        "negative-poll",
+        "zero-timeout",
+        "uncallable-backoff",
+        "unknown",
+    ],
+)
 def test_bad_worker_options_raise(memdb: workmatic.Database, options: dict[str, Any]) -> None:
     with pytest.raises(workmatic.ValidationError):
         workmatic.create_worker(memdb, "q", **options)
@@ -341,8 +358,11 @@ def test_expired_lease_counts_as_an_attempt(memdb: workmatic.Database) -> None:
     retried = client.add({"n": 1})
     doomed = client.add({"n": 2}, max_attempts=1)
     for job_id in (retried, doomed):  # as if a worker had claimed them and died
-        raw_sql(memdb, "UPDATE jobs SET status = 'running', lease_until = 1, token = 7"
-                " WHERE public_id = ?", job_id)  # fmt: skip
+        raw_sql(
+            memdb,
+            "UPDATE jobs SET status = 'running', lease_until = 1, token = 7 WHERE public_id = ?",
+            job_id,
+        )
     seen: list[tuple[int, str | None]] = []
     worker = make(memdb, lambda job: seen.append((job.attempts, job.last_error)))
     worker.start()

@@ -136,12 +136,18 @@ class Progress:
     :param verb: what is counted, e.g. ``"exported"``.
     :param total: the expected count, if known, to show a percentage.
     :param stream: where to write; ``sys.stderr`` by default.
+    :param interval: redraw at most this often (seconds).
     """
 
-    interval = 0.25
-
-    def __init__(self, verb: str, total: int | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        verb: str,
+        total: int | None = None,
+        stream: TextIO | None = None,
+        interval: float = 0.25,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
         self.verb = verb
         self.total = total
         self.count = 0

@@ -31,12 +31,7 @@ from workmatic._dashboard_security import (
     is_same_origin,
     make_authenticator,
 )
-from workmatic.exceptions import (
-    DatabaseClosedError,
-    DatabaseLockedError,
-    JobNotFoundError,
-    ValidationError,
-)
+from workmatic.exceptions import DatabaseError, JobNotFoundError, ValidationError
 from workmatic.job import STATUSES
 
 if TYPE_CHECKING:
@@ -196,7 +191,10 @@ class DashboardApp:
             return _error(404, str(error))
         except ValidationError as error:
             return _error(400, str(error), messages=error.messages)
-        except (DatabaseLockedError, DatabaseClosedError) as error:
+        except DatabaseError as error:  # locked too long, closed, unreadable
+            logger.warning(
+                "dashboard request failed: %s %s: %s", request.method, request.path, error
+            )
             return _error(503, str(error))
         except Exception:
             logger.exception("dashboard request failed: %s %s", request.method, request.path)
@@ -306,9 +304,7 @@ class DashboardApp:
 
     def on_retry_job(self, request: Request, job_id: str) -> Response:
         """``POST api/jobs/<id>/retry``: a dead or failed job runs again (409 otherwise)."""
-        if self._get_job(job_id) is None:
-            return _error(404, f"no job with id {job_id!r}")
-        if not self.db.retry_job(job_id):
+        if not self.db.retry_job(job_id):  # JobNotFoundError: 404
             job = self._get_job(job_id)
             status = job.status if job is not None else "gone"
             return _error(409, f"the job is {status}: only dead or failed jobs can be retried")

@@ -6,14 +6,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import importlib
+
 sqlite: ModuleType
 try:
-    from pysqlite3 import dbapi2 as sqlite
-
+    sqlite = importlib.import_module("pysqlite3.dbapi2")
     DRIVER = "pysqlite3"
 except ImportError:  # pragma: no cover - depends on the platform
-    import sqlite3 as sqlite
-
+    sqlite = importlib.import_module("sqlite3")
     DRIVER = "sqlite3"
 
 SQLITE_VERSION: str = sqlite.sqlite_version

@@ -67,8 +67,7 @@ _V2 = [
     "CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (queue, run_at)"
     " WHERE status = 'ready' AND due = 0",
     "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, lease_until) WHERE status = 'running'",
-    "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (queue, id)"
-    " WHERE status IN ('failed', 'dead')",
+    "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (queue, id) WHERE status IN ('failed', 'dead')",
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (queue, key) WHERE key IS NOT NULL",
     # Counts by queue and status, kept exact by triggers (stats in O(1) at any size,
     # cheaper per write than status indexes).
@@ -166,6 +165,17 @@ def insert_job(conn: Any, row: NewJob) -> str:
             return str(found[0])
     conn.execute(_INSERT, row)
     return row[0]
+
+
+def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
+    """:func:`insert_job` for many callers at once: keyless rows in one ``executemany``."""
+    plain = [row for (row,) in calls if row[8] is None]
+    if plain:
+        conn.executemany(_INSERT, plain)
+    return [row[0] if row[8] is None else insert_job(conn, row) for (row,) in calls]
+
+
+insert_job.many = _insert_job_many  # type: ignore[attr-defined]
 
 
 def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
@@ -302,9 +312,7 @@ _RELEASE = (
     "UPDATE jobs SET status = 'ready', due = 1, lease_until = 0, updated_at = ?"
     " WHERE id = ? AND token = ? AND status = 'running'"
 )
-_RENEW = (
-    "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'"
-)
+_RENEW = "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'"
 
 #: How a run ended: (kind, rowid, token, now, data...) where kind is one of
 #: "done" (result_json), "retry" (error, run_at, due), "dead"/"failed" (error), "release" ().
@@ -334,6 +342,31 @@ def finish_and_claim(
     """Record an outcome and claim the next jobs in the same transaction."""
     held = finish(conn, outcome) if outcome is not None else True
     return held, claim(conn, queue, limit, now, lease_until)
+
+
+def _finish_and_claim_many(
+    conn: Any, calls: Sequence[tuple[Outcome | None, str, int, int, int]]
+) -> list[tuple[bool, list[tuple[Any, ...]]]]:
+    """:func:`finish_and_claim` for many slots at once: each outcome on its own (fenced),
+    then one claim per queue for all the slots that want a job, shared out in order."""
+    held = [finish(conn, call[0]) if call[0] is not None else True for call in calls]
+    wanted: dict[str, int] = {}
+    for _, queue, limit, _, _ in calls:
+        if limit > 0:
+            wanted[queue] = wanted.get(queue, 0) + limit
+    claimed: dict[str, list[tuple[Any, ...]]] = {}
+    for queue, total in wanted.items():
+        _, _, _, now, lease_until = next(c for c in calls if c[1] == queue and c[2] > 0)
+        claimed[queue] = claim(conn, queue, total, now, lease_until)
+    results = []
+    for ok, (_, queue, limit, _, _) in zip(held, calls, strict=True):
+        pool = claimed.get(queue, [])
+        mine, claimed[queue] = pool[:limit], pool[limit:]
+        results.append((ok, mine))
+    return results
+
+
+finish_and_claim.many = _finish_and_claim_many  # type: ignore[attr-defined]
 
 
 def renew(conn: Any, leases: Sequence[tuple[int, int]], lease_until: int) -> list[int]:
@@ -414,9 +447,7 @@ def count_by_queue(conn: Any) -> tuple[dict[str, dict[str, int]], dict[str, bool
     for queue, status, n in conn.execute("SELECT queue, status, n FROM counts").fetchall():
         if n:
             counts.setdefault(str(queue), {})[str(status)] = int(n)
-    paused = {
-        str(name): bool(p) for name, p in conn.execute("SELECT name, paused FROM queues")
-    }
+    paused = {str(name): bool(p) for name, p in conn.execute("SELECT name, paused FROM queues")}
     return counts, paused
 
 
@@ -473,10 +504,7 @@ def transfer(
     where, params = _where(source, statuses)
     sets = f"queue = ?, {_RESET}" if reset else "queue = ?"
     values: list[Any] = [target, now, now] if reset else [target]
-    sql = (
-        f"UPDATE jobs SET {sets} WHERE id IN"
-        f" (SELECT id FROM jobs{where} ORDER BY id LIMIT ?)"
-    )
+    sql = f"UPDATE jobs SET {sets} WHERE id IN (SELECT id FROM jobs{where} ORDER BY id LIMIT ?)"
     return int(conn.execute(sql, (*values, *params, limit)).rowcount)
 
 

@@ -23,7 +23,9 @@ class Client:
     Create it with :func:`create_client`.
     """
 
-    def __init__(self, db: Database, queue: str = "default", *, schema: Schema | None = None) -> None:
+    def __init__(
+        self, db: Database, queue: str = "default", *, schema: Schema | None = None
+    ) -> None:
         if not isinstance(db, Database):
             raise ValidationError({"db": ["Must be a workmatic Database."]})
         if schema is not None and not isinstance(schema, Schema):
@@ -60,8 +62,18 @@ class Client:
         )
         text = dump_payload(payload, self.schema)
         now = now_ms()
-        row = (new_job_id(), self.queue, text, prio, now + delay_ms, attempts, now, now, key,
-               int(delay_ms == 0))  # fmt: skip
+        row = (
+            new_job_id(),
+            self.queue,
+            text,
+            prio,
+            now + delay_ms,
+            attempts,
+            now,
+            now,
+            key,
+            int(delay_ms == 0),
+        )
         job_id = self.db._write(_sql.insert_job, row)
         if delay_ms == 0:
             self.db._notify(self.queue)

@@ -110,7 +110,11 @@ def _statuses(
     bad = [s for s in values if s not in allowed]
     if not values or bad:
         raise ValidationError(
-            {name: [f"Must be one of: {', '.join(allowed)}." + (f" Got {bad[0]!r}." if bad else "")]}
+            {
+                name: [
+                    f"Must be one of: {', '.join(allowed)}." + (f" Got {bad[0]!r}." if bad else "")
+                ]
+            }
         )
     return values
 
@@ -230,15 +234,13 @@ class _Writer:
 
     @staticmethod
     def _deliver(batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
-        for request, (ok, value) in zip(batch, outcomes):
+        for request, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 request.result.set(value)
             else:
                 request.result.set_exception(value)
 
-    def _transaction(
-        self, batch: list[_Request], in_thread: bool
-    ) -> list[tuple[bool, Any]] | None:
+    def _transaction(self, batch: list[_Request], in_thread: bool) -> list[tuple[bool, Any]] | None:
         """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a
         request of a multi-request batch failed (nothing was committed)."""
         conn = self.conn
@@ -277,8 +279,10 @@ class _Writer:
         raw = self.conn.raw
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for request in batch:
-                outcomes.append((True, request.fn(raw, *request.args)))
+            if len(batch) == 1:
+                outcomes.append((True, batch[0].fn(raw, *batch[0].args)))
+            else:
+                outcomes = self._run_grouped(raw, batch)
             self._commit(deadline)
         except BaseException as exc:
             try:
@@ -293,6 +297,25 @@ class _Writer:
             return [(False, error)]
         self.commits += 1
         return outcomes
+
+    @staticmethod
+    def _run_grouped(raw: Any, batch: list[_Request]) -> list[tuple[bool, Any]]:
+        """Run a batch, handing requests of one function that has a ``many`` variant to it
+        together (one ``executemany``, one claim for many slots)."""
+        groups: dict[Any, list[int]] = {}
+        for index, request in enumerate(batch):
+            groups.setdefault(request.fn, []).append(index)
+        results: list[Any] = [None] * len(batch)
+        for fn, indexes in groups.items():
+            many = getattr(fn, "many", None)
+            if many is not None and len(indexes) > 1:
+                values = many(raw, [batch[i].args for i in indexes])
+                for i, value in zip(indexes, values, strict=True):
+                    results[i] = value
+            else:
+                for i in indexes:
+                    results[i] = fn(raw, *batch[i].args)
+        return [(True, value) for value in results]
 
     def _commit(self, deadline: float) -> None:
         delay = 0.0005
@@ -345,10 +368,12 @@ class Database:
         self._all_conns: list[_Conn] = []
         if connection is not None:
             if not isinstance(connection, _driver.CONNECTION_TYPES):
-                raise ValidationError({"connection": ["Must be a sqlite3 or pysqlite3 Connection."]})
+                raise ValidationError(
+                    {"connection": ["Must be a sqlite3 or pysqlite3 Connection."]}
+                )
             self.path: str | None = _connection_path(connection)
             self._uri = ""
-            connection.isolation_level = None
+            connection.isolation_level = None  # type: ignore[attr-defined]
             self._shared = self._configure(connection)
         else:
             text = os.fspath(path)  # type: ignore[arg-type]
@@ -436,7 +461,9 @@ class Database:
             return DatabaseError(f"{self._label}: not an SQLite database (or it is corrupt)")
         return DatabaseError(f"{self._label}: {text}")
 
-    def _with_retry(self, conn: _Conn, fn: Callable[..., T], args: tuple[Any, ...], blocking: bool) -> T:
+    def _with_retry(
+        self, conn: _Conn, fn: Callable[..., T], args: tuple[Any, ...], blocking: bool
+    ) -> T:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.0005
         while True:
@@ -739,9 +766,7 @@ class Database:
             self._notify(q)
         return n
 
-    def purge(
-        self, *, status: str | Sequence[str] | None = None, queue: str | None = None
-    ) -> int:
+    def purge(self, *, status: str | Sequence[str] | None = None, queue: str | None = None) -> int:
         """Delete jobs (never running ones). ``status=None`` means every status but running.
 
         :returns: how many jobs were deleted.
@@ -843,8 +868,20 @@ def _legacy_shape(raw: Any) -> str:
     if not _sql.has_jobs_table(raw):
         return "none"
     columns = {row[1] for row in raw.execute("PRAGMA table_info(jobs)").fetchall()}
-    needed = {"public_id", "queue", "payload", "status", "priority", "run_at", "attempts",
-              "max_attempts", "lease_until", "created_at", "updated_at", "last_error"}  # fmt: skip
+    needed = {
+        "public_id",
+        "queue",
+        "payload",
+        "status",
+        "priority",
+        "run_at",
+        "attempts",
+        "max_attempts",
+        "lease_until",
+        "created_at",
+        "updated_at",
+        "last_error",
+    }
     return "v1" if needed <= columns else "foreign"
 
 
@@ -896,6 +933,9 @@ def create_database(
         db = workmatic.create_database("jobs.db")
     """
     return Database(
-        path, connection=connection, durability=durability, create=create,
+        path,
+        connection=connection,
+        durability=durability,
+        create=create,
         lock_timeout=lock_timeout,
-    )  # fmt: skip
+    )

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 
+from .exceptions import WorkmaticError
+
 if TYPE_CHECKING:
     from .database import Database
     from .orchestrator import Orchestrator
@@ -144,6 +146,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run Workmatic workers until SIGTERM or SIGINT.",
+        argument_default=argparse.SUPPRESS,  # absent options fall back to the environment
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="TARGET is module:attribute. It names a Worker, an Orchestrator, a list of "
         "workers, or a handler function fn(job) run by a worker that --db, --queue, "
@@ -246,10 +249,11 @@ def parse_settings(
     values: dict[str, Any] = {}
     explicit: set[str] = set()
     for name, (variable, default) in ENVIRONMENT.items():
-        value = getattr(args, name)
-        if value is not None:
+        if hasattr(args, name):
+            value = getattr(args, name)
             explicit.add(name)
         else:
+            value = None
             text = env.get(variable) or default
             if text is not None:
                 try:
@@ -414,28 +418,27 @@ def _load_and_serve(settings: Settings, prog: str, stopper: _Stopper) -> int:
         sys.path.insert(0, cwd)
     try:
         value = _import_target(settings.target)
-        plan = make_plan(value, settings)
     except TargetError as exc:
         _error(prog, str(exc))
         return 2
     except Exception as exc:
         # The user's module itself failed: its traceback is what they need.
-        log.debug("importing %s failed", settings.target, exc_info=True)
         sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         _error(prog, f"importing {settings.target} failed: {type(exc).__name__}: {exc}")
         return 1
     try:
-        return _serve(plan, settings, stopper)
-    except StartupError as exc:
+        plan = make_plan(value, settings)
+    except TargetError as exc:
+        _error(prog, str(exc))
+        return 2
+    except WorkmaticError as exc:  # e.g. the --db file cannot be opened
         _error(prog, str(exc))
         return 1
-    except Exception as exc:
-        from .exceptions import WorkmaticError
-
-        if isinstance(exc, WorkmaticError):
-            _error(prog, str(exc))
-            return 1
-        raise
+    try:
+        return _serve(plan, settings, stopper)
+    except (StartupError, WorkmaticError) as exc:
+        _error(prog, str(exc))
+        return 1
 
 
 def _error(prog: str, message: str) -> None:

@@ -52,7 +52,7 @@ class StrictInteger(fields.Integer):
         return int(value)
 
 
-class Seconds(fields.Field):
+class Seconds(fields.Field):  # type: ignore[type-arg]
     """A duration in seconds: an ``int``, a finite ``float`` or a ``datetime.timedelta``."""
 
     default_error_messages = {
@@ -97,9 +97,7 @@ class WorkerOptionsSchema(Schema):
     queue = _name_field(load_default="default")
     concurrency = StrictInteger(load_default=1, validate=validate.Range(min=1, max=100_000))
     lease = Seconds(load_default=30.0, validate=validate.Range(min=0.05, max=MAX_DELAY_SECONDS))
-    poll_interval = Seconds(
-        load_default=1.0, validate=validate.Range(min=0.001, max=24 * 3600.0)
-    )
+    poll_interval = Seconds(load_default=1.0, validate=validate.Range(min=0.001, max=24 * 3600.0))
     timeout = Seconds(
         load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False)
     )

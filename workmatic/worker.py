@@ -102,11 +102,15 @@ class Worker:
             raise ValidationError({"db": ["Must be a workmatic Database."]})
         options = validate_worker_options(
             {
-                "queue": queue, "concurrency": concurrency, "lease": lease,
-                "poll_interval": poll_interval, "timeout": timeout, "backoff": backoff,
+                "queue": queue,
+                "concurrency": concurrency,
+                "lease": lease,
+                "poll_interval": poll_interval,
+                "timeout": timeout,
+                "backoff": backoff,
                 **unknown,
             }
-        )  # fmt: skip
+        )
         if schema is not None and not isinstance(schema, Schema):
             raise ValidationError({"schema": ["Must be a marshmallow Schema instance."]})
         if handler is not None and not callable(handler):
@@ -301,7 +305,7 @@ class Worker:
     def _slot(self, running: _Running | None) -> None:
         try:
             while running is not None:
-                running.greenlet = gevent.getcurrent()  # type: ignore[assignment]
+                running.greenlet = gevent.getcurrent()
                 if self._stopping or self._paused:
                     outcome = ("release", running.rowid, running.token, now_ms())
                 else:
@@ -320,7 +324,13 @@ class Worker:
                 try:
                     job = dataclasses.replace(job, payload=self.schema.load(job.payload))
                 except marshmallow.ValidationError as exc:
-                    return ("failed", rowid, token, now_ms(), f"payload failed its schema: {exc.messages}")
+                    return (
+                        "failed",
+                        rowid,
+                        token,
+                        now_ms(),
+                        f"payload failed its schema: {exc.messages}",
+                    )
             handler = self._handler
             assert handler is not None
             timer = gevent.Timeout(self.timeout) if self.timeout is not None else None
@@ -342,7 +352,13 @@ class Worker:
             try:
                 text = dump_result(result)
             except ValidationError as exc:
-                return ("failed", rowid, token, now_ms(), f"result is not JSON-serialisable: {exc.messages['result'][0]}")
+                return (
+                    "failed",
+                    rowid,
+                    token,
+                    now_ms(),
+                    f"result is not JSON-serialisable: {exc.messages['result'][0]}",
+                )
             return ("done", rowid, token, now_ms(), text)
         except _StopRequested:
             return ("release", rowid, token, now_ms())
@@ -354,7 +370,9 @@ class Worker:
         except Exception as exc:
             return self._failure(running, exc)
 
-    def _failure(self, running: _Running, exc: BaseException | None, text: str = "") -> _sql.Outcome:
+    def _failure(
+        self, running: _Running, exc: BaseException | None, text: str = ""
+    ) -> _sql.Outcome:
         self.failed += 1
         job = running.job
         error = text or _error_text(exc) if exc is not None else text
@@ -363,7 +381,15 @@ class Worker:
         if attempts >= job.max_attempts:
             return ("dead", running.rowid, running.token, now, error)
         delay_ms = round(self._retry_delay(attempts) * 1000)
-        return ("retry", running.rowid, running.token, now, error, now + delay_ms, int(delay_ms <= 0))
+        return (
+            "retry",
+            running.rowid,
+            running.token,
+            now,
+            error,
+            now + delay_ms,
+            int(delay_ms <= 0),
+        )
 
     def _retry_delay(self, attempts: int) -> float:
         if self.backoff is not None:
@@ -389,7 +415,9 @@ class Worker:
                 held, rows = _wait_shielded(request)
                 break
             except DatabaseError as exc:
-                log.warning("worker %s: cannot record job %s (%s); retrying", self.id, running.job.id, exc)
+                log.warning(
+                    "worker %s: cannot record job %s (%s); retrying", self.id, running.job.id, exc
+                )
                 _sleep_shielded(delay)
                 delay = min(delay * 2, 2.0)
         self._running.pop(running.rowid, None)
@@ -397,8 +425,11 @@ class Worker:
         if not held:
             log.warning(
                 "worker %s: job %s was no longer held by this worker (lease lost); its %s"
-                " outcome was not recorded", self.id, running.job.id, kind,
-            )  # fmt: skip
+                " outcome was not recorded",
+                self.id,
+                running.job.id,
+                kind,
+            )
         elif kind == "done":
             self.processed += 1
         if not rows:
@@ -482,6 +513,14 @@ def create_worker(
         worker.start()
     """
     return Worker(
-        db, queue, concurrency=concurrency, lease=lease, poll_interval=poll_interval,
-        timeout=timeout, backoff=backoff, schema=schema, handler=handler, **unknown,
-    )  # fmt: skip
+        db,
+        queue,
+        concurrency=concurrency,
+        lease=lease,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        backoff=backoff,
+        schema=schema,
+        handler=handler,
+        **unknown,
+    )

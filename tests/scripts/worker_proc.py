@@ -4,7 +4,8 @@
 
 Each run appends ``<job id> <name> <attempts> start|end`` lines to RECORD (O_APPEND
 writes of one line are atomic). A payload ``{"block": true}`` (or ``{"block_on": NAME}`` in
-the worker of that name) blocks forever (until the process is killed); ``{"sleep": s}`` sleeps s seconds. Stops gracefully on SIGTERM.
+the worker of that name) blocks forever (until the process is killed); ``{"sleep": s}``
+sleeps s seconds. Stops gracefully on SIGTERM.
 """
 
 from gevent import monkey
@@ -38,9 +39,12 @@ def note(job: workmatic.Job, what: str) -> None:
 
 db = workmatic.create_database(args.db)
 worker = workmatic.create_worker(
-    db, args.queue, concurrency=args.concurrency, lease=args.lease,
+    db,
+    args.queue,
+    concurrency=args.concurrency,
+    lease=args.lease,
     poll_interval=args.poll_interval,
-)  # fmt: skip
+)
 
 
 @worker.process
