@@ -418,8 +418,10 @@
   }
 
   function showDrawer(open) {
+    const wasOpen = !$("detail").hidden;
     $("detail").hidden = !open;
     $("detail-backdrop").hidden = !open;
+    if (open && !wasOpen) $("detail-close").focus();
     if (!open) delete lastRendered.detail;
   }
 

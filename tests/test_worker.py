@@ -475,3 +475,21 @@ def test_stats_and_info(memdb: workmatic.Database) -> None:
     assert worker.stats().ready == 1
     info = worker.info()
     assert info["queue"] == "q" and info["concurrency"] == 2 and info["is_running"] is False
+
+
+def test_a_busy_worker_still_rescues_a_crashed_workers_job(memdb: workmatic.Database) -> None:
+    """The pump of a busy worker has no free slot to claim for, and its slots claim their
+    next jobs directly: the renewer reaps other workers' expired leases meanwhile."""
+    client = workmatic.create_client(memdb, "q")
+    release = gevent.event.Event()
+    worker = make(memdb, lambda job: release.wait(), lease=0.3)
+    client.add({"long": True})
+    worker.start()
+    wait_for(lambda: worker.active == 1)
+    orphan = client.add({"orphan": True})
+    raw_sql(memdb, "UPDATE jobs SET status = 'running', lease_until = 1 WHERE public_id = ?", orphan)
+    wait_for(lambda: job_of(memdb, orphan).status == "ready", timeout=5)
+    assert job_of(memdb, orphan).attempts == 1
+    release.set()
+    wait_for(lambda: job_of(memdb, orphan).status == "done")
+    worker.stop()

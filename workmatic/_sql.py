@@ -378,6 +378,17 @@ def renew(conn: Any, leases: Sequence[tuple[int, int]], lease_until: int) -> lis
     return lost
 
 
+def renew_and_reap(
+    conn: Any, queue: str, leases: Sequence[tuple[int, int]], now: int, lease_ms: int
+) -> list[int]:
+    """Renew this worker's leases and expire other holders' stale ones (so that a busy
+    worker, whose slots always claim their next job directly, still rescues the jobs of a
+    crashed one). Returns the rowids no longer held."""
+    lost = renew(conn, leases, now + lease_ms)
+    reap_expired(conn, queue, now)
+    return lost
+
+
 # --- reading ---------------------------------------------------------------------------
 
 

@@ -448,7 +448,8 @@ class Worker:
             if not leases:
                 continue
             try:
-                lost = self.db._write(_sql.renew, leases, now_ms() + self._lease_ms)
+                now = now_ms()
+                lost = self.db._write(_sql.renew_and_reap, self.queue, leases, now, self._lease_ms)
             except DatabaseError as exc:
                 log.warning("worker %s: lease renewal failed (%s); retrying", self.id, exc)
                 continue
