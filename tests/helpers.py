@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gevent
 
@@ -36,3 +37,14 @@ def script(name: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
         env=env,
         **kwargs,  # type: ignore[call-overload]
     )
+
+
+def edit(db: Any, sql: str, *params: object) -> None:
+    """Change jobs behind workmatic's back (to set up a scenario), then rebuild the counts."""
+    from workmatic import _sql
+
+    def run(conn: Any) -> None:
+        conn.execute(sql, params)
+        _sql.recount(conn)
+
+    db._write(run)

@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from helpers import script, wait_for
+from helpers import edit, script, wait_for
 from marshmallow import Schema, fields
 
 import workmatic
@@ -28,7 +28,7 @@ def job_of(db: workmatic.Database, job_id: str) -> workmatic.Job:
 
 
 def raw_sql(db: workmatic.Database, sql: str, *params: Any) -> None:
-    db._write(lambda conn: conn.execute(sql, params))
+    edit(db, sql, *params)
 
 
 def test_defaults(memdb: workmatic.Database) -> None:
@@ -487,7 +487,9 @@ def test_a_busy_worker_still_rescues_a_crashed_workers_job(memdb: workmatic.Data
     worker.start()
     wait_for(lambda: worker.active == 1)
     orphan = client.add({"orphan": True})
-    raw_sql(memdb, "UPDATE jobs SET status = 'running', lease_until = 1 WHERE public_id = ?", orphan)
+    raw_sql(
+        memdb, "UPDATE jobs SET status = 'running', lease_until = 1 WHERE public_id = ?", orphan
+    )
     wait_for(lambda: job_of(memdb, orphan).status == "ready", timeout=5)
     assert job_of(memdb, orphan).attempts == 1
     release.set()

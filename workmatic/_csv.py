@@ -327,7 +327,7 @@ def read_rows(
             if unescape:
                 cells = [unescape_formulas(cell) for cell in cells]
             try:
-                record = schema.load(dict(zip(header, cells, strict=True)))
+                record = schema.load_row(dict(zip(header, cells, strict=True)))
             except marshmallow.ValidationError as exc:
                 messages = (
                     exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}

@@ -36,7 +36,7 @@ Auth: TypeAlias = "tuple[str, str] | Callable[[WSGIEnvironment], bool] | None"
 #: Sent with every response of the dashboard (pages, static files, JSON, errors, redirects).
 SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
     ),

@@ -13,6 +13,11 @@ Design notes:
   first promotes delayed jobs whose time has come (an index seek that stops at the first
   future job), so the claim itself never rescans jobs that are not yet due, however many
   there are and whatever their priority.
+* ``counts`` holds the number of jobs by queue and status. Every function here that
+  changes a job's queue or status records the change with :func:`_bump`; the writer calls
+  :func:`flush_counts` once before each commit (:func:`discard_counts` on rollback), so a
+  group commit of many jobs costs one upsert per (queue, status) it touched.
+  :func:`recount` rebuilds it from the jobs (after a file was edited by hand).
 * ``token`` is the fencing token: each claim increments it, and completion, failure,
   renewal and release apply only with the token of the claim that took the job.
 """
@@ -69,8 +74,8 @@ _V2 = [
     "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, lease_until) WHERE status = 'running'",
     "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (queue, id) WHERE status IN ('failed', 'dead')",
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (queue, key) WHERE key IS NOT NULL",
-    # Counts by queue and status, kept exact by triggers (stats in O(1) at any size,
-    # cheaper per write than status indexes).
+    # Counts by queue and status, kept exact by every write below (stats in O(1) at any
+    # size; one upsert per transaction, cheaper than status indexes or triggers).
     """CREATE TABLE IF NOT EXISTS counts (
         queue TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -79,19 +84,6 @@ _V2 = [
     ) WITHOUT ROWID""",
     "INSERT INTO counts (queue, status, n) SELECT queue, status, count(*) FROM jobs"
     " GROUP BY queue, status",
-    """CREATE TRIGGER IF NOT EXISTS jobs_counts_insert AFTER INSERT ON jobs BEGIN
-        INSERT INTO counts (queue, status, n) VALUES (new.queue, new.status, 1)
-            ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS jobs_counts_delete AFTER DELETE ON jobs BEGIN
-        UPDATE counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS jobs_counts_update AFTER UPDATE OF queue, status ON jobs
-    WHEN old.queue IS NOT new.queue OR old.status IS NOT new.status BEGIN
-        UPDATE counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
-        INSERT INTO counts (queue, status, n) VALUES (new.queue, new.status, 1)
-            ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
-    END""",
 ]
 
 #: Migrations by the version they lead to.
@@ -101,6 +93,68 @@ LEASE_EXPIRED = (
     "lease expired: the worker holding this job stopped renewing its lease"
     " (it crashed, was killed, or was blocked for longer than the lease)"
 )
+
+
+# --- counts ----------------------------------------------------------------------------
+
+_deltas: dict[int, dict[tuple[str, str], int]] = {}
+
+_UPSERT_COUNT = (
+    "INSERT INTO counts (queue, status, n) VALUES (?, ?, ?)"
+    " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def _bump(conn: Any, queue: str, status: str, n: int = 1) -> None:
+    pending = _deltas.setdefault(id(conn), {})
+    key = (queue, status)
+    pending[key] = pending.get(key, 0) + n
+
+
+def _move(conn: Any, queue: str, old: str, new: str, n: int = 1) -> None:
+    if n:
+        _bump(conn, queue, old, -n)
+        _bump(conn, queue, new, n)
+
+
+def flush_counts(conn: Any) -> None:
+    """Apply the count changes of the open transaction (call just before COMMIT)."""
+    pending = _deltas.pop(id(conn), None)
+    if pending:
+        rows = [(q, st, n) for (q, st), n in pending.items() if n]
+        if rows:
+            conn.executemany(_UPSERT_COUNT, rows)
+
+
+def discard_counts(conn: Any) -> None:
+    """Forget the count changes of a transaction that was rolled back."""
+    _deltas.pop(id(conn), None)
+
+
+def recount(conn: Any) -> None:
+    """Rebuild the counts table from the jobs themselves."""
+    discard_counts(conn)
+    conn.execute("DELETE FROM counts")
+    conn.execute(
+        "INSERT INTO counts (queue, status, n) SELECT queue, status, count(*) FROM jobs"
+        " GROUP BY queue, status"
+    )
+
+
+def _tally(
+    conn: Any, where: str, params: Sequence[Any], limit: int | None = None
+) -> dict[tuple[str, str], int]:
+    """``{(queue, status): n}`` of the jobs a set-based statement is about to change."""
+    if limit is None:
+        sql = f"SELECT queue, status, count(*) FROM jobs{where} GROUP BY queue, status"
+        rows = conn.execute(sql, params)
+    else:
+        sql = (
+            f"SELECT queue, status, count(*) FROM (SELECT queue, status FROM jobs{where}"
+            " ORDER BY id LIMIT ?) GROUP BY queue, status"
+        )
+        rows = conn.execute(sql, (*params, limit))
+    return {(str(q), str(st)): int(n) for q, st, n in rows.fetchall()}
 
 
 def schema_version(conn: Any) -> int:
@@ -164,6 +218,7 @@ def insert_job(conn: Any, row: NewJob) -> str:
         if found is not None:
             return str(found[0])
     conn.execute(_INSERT, row)
+    _bump(conn, row[1], "ready")
     return row[0]
 
 
@@ -172,6 +227,8 @@ def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
     plain = [row for (row,) in calls if row[8] is None]
     if plain:
         conn.executemany(_INSERT, plain)
+        for row in plain:
+            _bump(conn, row[1], "ready")
     return [row[0] if row[8] is None else insert_job(conn, row) for (row,) in calls]
 
 
@@ -181,6 +238,8 @@ insert_job.many = _insert_job_many  # type: ignore[attr-defined]
 def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
     """Insert many keyless jobs in one statement batch."""
     conn.executemany(_INSERT, rows)
+    if rows:
+        _bump(conn, rows[0][1], "ready", len(rows))
     return [row[0] for row in rows]
 
 
@@ -195,18 +254,14 @@ _IMPORT = (
 
 def import_jobs(conn: Any, records: Iterable[dict[str, Any]]) -> tuple[int, int]:
     """Insert records, skipping public ids already present. Returns (inserted, skipped)."""
-    before = conn.total_changes
-    seen = 0
-
-    def counted() -> Iterable[dict[str, Any]]:
-        nonlocal seen
-        for record in records:
-            seen += 1
-            yield record
-
-    conn.executemany(_IMPORT, counted())
-    inserted = conn.total_changes - before
-    return inserted, seen - inserted
+    inserted = skipped = 0
+    for record in records:
+        if conn.execute(_IMPORT, record).rowcount:
+            inserted += 1
+            _bump(conn, record["queue"], record["status"])
+        else:
+            skipped += 1
+    return inserted, skipped
 
 
 # --- claiming and finishing ------------------------------------------------------------
@@ -224,7 +279,7 @@ _REAP = (
     "UPDATE jobs SET attempts = attempts + 1,"
     " status = CASE WHEN attempts + 1 >= max_attempts THEN 'dead' ELSE 'ready' END,"
     " due = 1, run_at = ?1, lease_until = 0, token = token + 1, updated_at = ?1, last_error = ?2"
-    " WHERE queue = ?3 AND status = 'running' AND lease_until < ?1"
+    " WHERE queue = ?3 AND status = 'running' AND lease_until < ?1 RETURNING status"
 )
 _NEXT_DUE = (
     "SELECT run_at FROM jobs WHERE queue = ? AND status = 'ready' AND due = 0"
@@ -256,6 +311,7 @@ def claim(conn: Any, queue: str, limit: int, now: int, lease_until: int) -> list
         f" WHERE id IN ({marks})",
         (lease_until, now, *ids),
     )
+    _move(conn, queue, "ready", "running", len(rows))
     return [
         (*row[:4], "running", *row[5:12], now, lease_until, row[14], row[15] + 1) for row in rows
     ]
@@ -287,7 +343,10 @@ def reap_and_claim(
 
 def reap_expired(conn: Any, queue: str, now: int) -> int:
     """Turn the queue's expired leases into failed attempts (``ready`` again, or ``dead``)."""
-    return int(conn.execute(_REAP, (now, LEASE_EXPIRED, queue)).rowcount)
+    statuses = [row[0] for row in conn.execute(_REAP, (now, LEASE_EXPIRED, queue)).fetchall()]
+    for status in statuses:
+        _move(conn, queue, "running", status)
+    return len(statuses)
 
 
 def next_due(conn: Any, queue: str) -> int | None:
@@ -298,19 +357,20 @@ def next_due(conn: Any, queue: str) -> int | None:
 
 _COMPLETE = (
     "UPDATE jobs SET status = 'done', result = ?, lease_until = 0, updated_at = ?"
-    " WHERE id = ? AND token = ? AND status = 'running'"
+    " WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
 )
 _RETRY_LATER = (
     "UPDATE jobs SET status = 'ready', attempts = attempts + 1, last_error = ?, run_at = ?,"
     " due = ?, lease_until = 0, updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
+    " RETURNING queue"
 )
 _FAIL = (
     "UPDATE jobs SET status = ?, attempts = attempts + 1, last_error = ?, lease_until = 0,"
-    " updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
+    " updated_at = ? WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
 )
 _RELEASE = (
     "UPDATE jobs SET status = 'ready', due = 1, lease_until = 0, updated_at = ?"
-    " WHERE id = ? AND token = ? AND status = 'running'"
+    " WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
 )
 _RENEW = "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'"
 
@@ -322,6 +382,22 @@ Outcome = tuple[Any, ...]
 def finish(conn: Any, outcome: Outcome) -> bool:
     """Record a run's outcome, fenced by the claim's token. Returns False if the lease was lost."""
     kind, rowid, token, now = outcome[:4]
+    held = _finish(conn, kind, rowid, token, now, outcome)
+    if held:
+        _move(conn, held, "running", _NEW_STATUS[kind])
+    return bool(held)
+
+
+_NEW_STATUS = {
+    "done": "done",
+    "retry": "ready",
+    "dead": "dead",
+    "failed": "failed",
+    "release": "ready",
+}
+
+
+def _finish(conn: Any, kind: str, rowid: int, token: int, now: int, outcome: Outcome) -> str | None:
     if kind == "done":
         cur = conn.execute(_COMPLETE, (outcome[4], now, rowid, token))
     elif kind == "retry":
@@ -333,7 +409,8 @@ def finish(conn: Any, outcome: Outcome) -> bool:
         cur = conn.execute(_RELEASE, (now, rowid, token))
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown outcome {kind!r}")
-    return bool(cur.rowcount)
+    rows = cur.fetchall()
+    return str(rows[0][0]) if rows else None
 
 
 def finish_and_claim(
@@ -488,24 +565,35 @@ _RESET = (
 
 def retry_job(conn: Any, public_id: str, now: int) -> str | None:
     """Reset a dead or failed job to ready. Returns its previous status, None if unknown."""
-    row = conn.execute("SELECT status FROM jobs WHERE public_id = ?", (public_id,)).fetchone()
+    row = conn.execute(
+        "SELECT status, queue FROM jobs WHERE public_id = ?", (public_id,)
+    ).fetchone()
     if row is None:
         return None
     if row[0] in ("dead", "failed"):
         conn.execute(f"UPDATE jobs SET {_RESET} WHERE public_id = ?", (now, now, public_id))
+        _move(conn, row[1], row[0], "ready")
     return str(row[0])
 
 
 def retry_jobs(conn: Any, queue: str | None, statuses: Sequence[str], now: int) -> int:
     """Reset every matching job (never running or ready ones) to ready."""
     where, params = _where(queue, statuses)
-    return int(conn.execute(f"UPDATE jobs SET {_RESET}{where}", (now, now, *params)).rowcount)
+    tally = _tally(conn, where, params)
+    n = int(conn.execute(f"UPDATE jobs SET {_RESET}{where}", (now, now, *params)).rowcount)
+    for (q, status), k in tally.items():
+        _move(conn, q, status, "ready", k)
+    return n
 
 
 def purge(conn: Any, queue: str | None, statuses: Sequence[str]) -> int:
     """Delete matching jobs; the caller never passes ``running``."""
     where, params = _where(queue, statuses)
-    return int(conn.execute(f"DELETE FROM jobs{where}", params).rowcount)
+    tally = _tally(conn, where, params)
+    n = int(conn.execute(f"DELETE FROM jobs{where}", params).rowcount)
+    for (q, status), k in tally.items():
+        _bump(conn, q, status, -k)
+    return n
 
 
 def transfer(
@@ -516,12 +604,19 @@ def transfer(
     sets = f"queue = ?, {_RESET}" if reset else "queue = ?"
     values: list[Any] = [target, now, now] if reset else [target]
     sql = f"UPDATE jobs SET {sets} WHERE id IN (SELECT id FROM jobs{where} ORDER BY id LIMIT ?)"
-    return int(conn.execute(sql, (*values, *params, limit)).rowcount)
+    tally = _tally(conn, where, params, limit)
+    n = int(conn.execute(sql, (*values, *params, limit)).rowcount)
+    for (_, status), k in tally.items():
+        _bump(conn, source, status, -k)
+        _bump(conn, target, "ready" if reset else status, k)
+    return n
 
 
 def move_job(conn: Any, public_id: str, target: str, now: int) -> str | None:
     """Move one job to another queue unless it is running. Returns its status, None if unknown."""
-    row = conn.execute("SELECT status FROM jobs WHERE public_id = ?", (public_id,)).fetchone()
+    row = conn.execute(
+        "SELECT status, queue FROM jobs WHERE public_id = ?", (public_id,)
+    ).fetchone()
     if row is None:
         return None
     if row[0] != "running":
@@ -529,4 +624,6 @@ def move_job(conn: Any, public_id: str, target: str, now: int) -> str | None:
             "UPDATE jobs SET queue = ?, updated_at = ? WHERE public_id = ?",
             (target, now, public_id),
         )
+        _bump(conn, row[1], row[0], -1)
+        _bump(conn, target, row[0], 1)
     return str(row[0])

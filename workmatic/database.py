@@ -283,8 +283,10 @@ class _Writer:
                 outcomes.append((True, batch[0].fn(raw, *batch[0].args)))
             else:
                 outcomes = self._run_grouped(raw, batch)
+            _sql.flush_counts(raw)
             self._commit(deadline)
         except BaseException as exc:
+            _sql.discard_counts(raw)
             try:
                 raw.execute("ROLLBACK")
             except self.conn.errors:
@@ -516,8 +518,10 @@ class Database:
             raw.execute("BEGIN IMMEDIATE")
             try:
                 value = fn(raw, *args)
+                _sql.flush_counts(raw)
                 raw.execute("COMMIT")
             except BaseException:
+                _sql.discard_counts(raw)
                 raw.execute("ROLLBACK")
                 raise
             return value
@@ -836,6 +840,11 @@ class Database:
         if n:
             self._notify(dst)
         return n
+
+    def recount(self) -> None:
+        """Rebuild the counts behind :meth:`stats` from the jobs themselves (needed only
+        after the file was edited by other means than workmatic)."""
+        self._write(_sql.recount, offload=True)
 
     def move_job(self, job_id: str, target: str) -> bool:
         """Move one job to another queue.

@@ -148,11 +148,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Run Workmatic workers until SIGTERM or SIGINT.",
         argument_default=argparse.SUPPRESS,  # absent options fall back to the environment
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="TARGET is module:attribute. It names a Worker, an Orchestrator, a list of "
-        "workers, or a handler function fn(job) run by a worker that --db, --queue, "
-        "--concurrency, --lease, --poll-interval and --timeout describe. 'module:factory()' "
-        "calls a factory with no arguments first. The current directory is on sys.path.\n\n"
-        "Every option's environment variable gives its default; the command line wins.\n\n"
+        epilog="TARGET is module:attribute. It names a Worker, an Orchestrator, a list of\n"
+        "workers, or a handler function fn(job), run by a worker that --db, --queue,\n"
+        "--concurrency, --lease, --poll-interval and --timeout describe.\n"
+        "'module:factory()' calls a factory with no arguments first. The current\n"
+        "directory is on sys.path.\n\n"
+        "Each option's environment variable gives its default; the command line wins.\n"
+        "SIGTERM/SIGINT: running jobs get --grace seconds, the rest are released without\n"
+        "counting an attempt, exit 0. A second signal stops at once.\n\n"
         "examples:\n"
         f"  {prog} myapp.jobs:worker\n"
         f"  {prog} myapp.jobs:send_email --db jobs.db --queue emails --concurrency 16",
