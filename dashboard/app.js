@@ -55,7 +55,15 @@
     return node;
   }
 
-  function button(label, onclick, className, title) {
+  // A button that stays disabled while its action runs (no double submissions).
+  function button(label, action, className, title) {
+    const onclick = (event) => {
+      const target = event.currentTarget;
+      target.disabled = true;
+      Promise.resolve(action(event)).finally(() => {
+        target.disabled = false;
+      });
+    };
     return el("button", { type: "button", className: "btn " + (className || ""), onclick, title }, label);
   }
 

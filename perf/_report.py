@@ -40,9 +40,10 @@ def _fmt_rate(fig: Result | None, io: bool = False) -> str:
     if "error" in fig:
         return "ERR"
     value = float(fig["rate"])
+    mark = " (!)" if "warning" in fig else ""
     if io:
-        return f"{value:,.0f} ({value / IDEAL_IO:.0%})"
-    return f"{value:,.0f}"
+        return f"{value:,.0f} ({value / IDEAL_IO:.0%}){mark}"
+    return f"{value:,.0f}{mark}"
 
 
 def _share(a: float | None, b: float | None) -> str:
@@ -244,6 +245,12 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
             f"\nLargest gevent hub stall in any Workmatic run (1 ms heartbeat): "
             f"{worst[0]:.1f} ms ({worst[2]}: {worst[1]})."
         )
+
+    warnings = sorted({str(f["warning"]) for f in figures.values() if "warning" in f})
+    errors = sorted({str(f["error"]) for f in figures.values() if "error" in f})
+    for label, items in (("(!) check failed after the run", warnings), ("ERR", errors)):
+        if items:
+            out.append(f"\n{label}: " + "; ".join(items[:5]))
 
     # Targets (file DB, WAL + NORMAL), against Huey at the same durability.
     by_key = {(r.key, r.mode): fig[id(r)] for r in rows}

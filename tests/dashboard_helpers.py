@@ -180,7 +180,12 @@ def _serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--flask", action="store_true", help="mount at /workmatic in Flask")
     parser.add_argument("--worker", action="append", default=[], help="a (stopped) worker")
+    parser.add_argument("--auth", help="user:password for HTTP basic auth")
     options = parser.parse_args(argv)
+    auth: tuple[str, str] | None = None
+    if options.auth:
+        user, _, password = options.auth.partition(":")
+        auth = (user, password)
 
     import gevent
     import gevent.event
@@ -204,14 +209,14 @@ def _serve(argv: Sequence[str] | None = None) -> int:
             return "flask home"
 
         app.wsgi_app = workmatic.create_dashboard_middleware(  # type: ignore[method-assign]
-            app.wsgi_app, db, path="/workmatic", workers=workers
+            app.wsgi_app, db, path="/workmatic", workers=workers, auth=auth
         )
         server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
         server.start()
         print(f"http://127.0.0.1:{server.server_port}/workmatic/", flush=True)
         close: Callable[[], None] = server.stop
     else:
-        dash = workmatic.create_dashboard(db, port=0, workers=workers)
+        dash = workmatic.create_dashboard(db, port=0, workers=workers, auth=auth)
         print(dash.url, flush=True)
         close = dash.close
 

@@ -351,3 +351,40 @@ def test_export_filters(nasty_db: Path) -> None:
     assert dead[0] == HEADER and len(dead) == 3 and ",results," in dead[1]
     done = run_cli_bytes("export", nasty_db, "--queue=results", "--status=done").stdout.decode()
     assert '"{""answer"":42,""text"":""a\\nb,c\\""d""}"' in done
+
+
+def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from cli_helpers import child_env
+
+    path = make_db(tmp_path / "jobs.db")
+    seed(path, [{"payload": str(i)} for i in range(20_000)])  # long enough to draw (> 0.25 s)
+    main_fd, child_fd = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "workmatic.cli", "export", str(path), str(tmp_path / "o.csv")],
+            stderr=child_fd, stdout=subprocess.DEVNULL, env=child_env(), timeout=60,
+        )  # fmt: skip
+        os.close(child_fd)
+        child_fd = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the child side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_fd)
+        if child_fd >= 0:
+            os.close(child_fd)
+    assert proc.returncode == 0
+    assert b"\rexported 20,000 of 20,000 (100%)\r\n" in shown
+    piped = run_cli("export", path, tmp_path / "p.csv")
+    assert piped.stderr == ""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_helpers import HELPER, running, wait_until
+from dashboard_helpers import HELPER, http, running, wait_until
 
 import workmatic
 
@@ -157,6 +157,22 @@ def test_page_under_a_flask_mount(page: Page, db: workmatic.Database, db_path: P
         page.goto(url.rstrip("/"))  # /workmatic redirects to /workmatic/
         assert page.url == url
         expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+
+
+def test_page_behind_basic_auth(browser: Browser, db: workmatic.Database, db_path: Path) -> None:
+    workmatic.create_client(db, "emails").add({"x": 1})
+
+    with serve(db_path, "--flask", "--auth", "ops:s3cret") as (_proc, url):
+        assert http(url)[0] == 401
+        assert http(url + "static/app.js")[0] == 401
+
+        context = browser.new_context(http_credentials={"username": "ops", "password": "s3cret"})
+        page = context.new_page()
+        open_page(page, url)
+        expect(card(page, "total")).to_have_text("1")
+        queue_row(page, "emails").get_by_role("button", name="Pause").click()
+        wait_until(lambda: db.is_queue_paused("emails"), timeout=5)
+        context.close()
 
 
 # --- controls

@@ -71,6 +71,7 @@ class Figures:
 
     jobs: int = 0
     kills: int = 0
+    kills_during_work: int = 0
     kills_hitting_running_jobs: int = 0
     interrupted_runs: int = 0
     jobs_run_more_than_once: int = 0
@@ -101,6 +102,18 @@ def wait_ready(proc: Proc, timeout: float = 60.0) -> None:
     readable, _, _ = select.select([proc.popen.stdout], [], [], timeout)
     line = proc.popen.stdout.readline().strip() if readable else ""
     assert line == "ready", f"{proc.name} did not start: {proc.log.read_text()[-3000:]}"
+
+
+def is_ready(proc: Proc) -> bool:
+    """Whether the process printed its "ready" line (without waiting)."""
+    assert proc.popen.stdout is not None
+    readable, _, _ = select.select([proc.popen.stdout], [], [], 0)
+    return bool(readable) and proc.popen.stdout.readline().strip() == "ready"
+
+
+def count_done(db: workmatic.Database) -> int:
+    """How many jobs of the crash queue are done."""
+    return db.count_jobs(queue=QUEUE, status="done")
 
 
 def kill(proc: Proc) -> None:
@@ -242,29 +255,18 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     def start_worker(slot: int) -> Proc:
         generation[slot] += 1
         name = f"w{slot}.{generation[slot]}"
-        proc = spawn(
-            name,
-            "crash_worker",
-            db_path,
-            QUEUE,
-            str(record),
-            "--name",
-            name,
-            "--concurrency",
-            "4",
-            "--lease",
-            str(LEASE),
-            "--sleep-ms",
-            "5:30",
-            logs=logs,
-        )
+        proc = spawn(name, "crash_worker", db_path, QUEUE, str(record), "--name", name,
+                     "--concurrency", "8", "--lease", str(LEASE), "--sleep-ms", "5:30",
+                     logs=logs)  # fmt: skip
         procs.append(proc)
         incarnations[name] = proc
-        wait_ready(proc)
         return proc
 
     began = time.monotonic()
     workers = {slot: start_worker(slot) for slot in range(3)}
+    for proc in workers.values():
+        wait_ready(proc)
+    ready = set(workers)
     half = TOTAL // 2
     producers = [
         spawn("p1", "crash_producer", db_path, QUEUE, str(acks[0]), "--name", "p1",
@@ -274,26 +276,33 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     ]
     procs.extend(producers)
 
+    # The driver: every 150-450 ms, SIGKILL a random worker that is up, and start its
+    # replacement at once (without waiting for it: kills keep their cadence).
     kills: list[Proc] = []
+    kills_during_work = 0
     hit_running = 0
     while len(kills) < MIN_KILLS:
         assert time.monotonic() - began < 240, f"only {len(kills)} kills in 240 s"
         time.sleep(rng.uniform(0.15, 0.45))  # the kill cadence itself, not a wait for state
-        assert db.stats(QUEUE).done < TOTAL, (
-            f"every job finished after only {len(kills)} kills: slow the handlers down"
-        )
-        slot = rng.randrange(3)
+        for slot, proc in workers.items():
+            if slot not in ready and is_ready(proc):
+                ready.add(slot)
+        if not ready:
+            continue
+        slot = rng.choice(sorted(ready))
         victim = workers[slot]
         kill(victim)
         kills.append(victim)
-        starts = ends = 0
-        for line in record.read_text().splitlines():
-            if f" {victim.name} " in line:
-                starts += line.split()[4] == "start"
-                ends += line.split()[4] == "end"
-        hit_running += starts > ends
+        kills_during_work += count_done(db) < TOTAL
+        runs = [line.split() for line in record.read_text().splitlines()]
+        mine = [r[4] for r in runs if r[1] == victim.name]
+        hit_running += mine.count("start") > mine.count("end")
+        ready.discard(slot)
         workers[slot] = start_worker(slot)
 
+    for proc in workers.values():
+        if proc.popen.poll() is None and not is_ready(proc):
+            wait_ready(proc)
     for producer in producers:
         out, _ = producer.popen.communicate(timeout=120)
         assert producer.popen.returncode == 0, producer.log.read_text()[-3000:]
@@ -316,6 +325,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         if run.end is None and incarnations[run.name].killed_at is not None
     )
     figures.seconds = round(elapsed, 1)
+    figures.kills_during_work = kills_during_work
     stored = {job.id for job in db.iter_jobs(queue=QUEUE)}
     figures.jobs_lost = len(set(acked) - stored)
     report = {k: v for k, v in vars(figures).items() if k != "problems"}
@@ -333,6 +343,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         "total": TOTAL,
     }
     assert figures.kills >= MIN_KILLS
+    assert kills_during_work >= MIN_KILLS, "the jobs ran out before the kills: slow them"
     # The kills must have hit work in progress, or this test proves nothing.
     assert hit_running >= MIN_KILLS // 2, figures
     assert figures.duplicate_runs_unexplained == 0 and figures.overlapping_runs == 0

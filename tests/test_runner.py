@@ -399,6 +399,8 @@ def test_cli_worker_subcommand_is_the_runner(
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0
         assert "stopped: processed 1 job(s)" in err
+        job = db.get_job(job_id)
+        assert job is not None and job.result == {"patched": True}
     finally:
         if proc.poll() is None:
             proc.kill()

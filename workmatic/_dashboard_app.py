@@ -225,11 +225,20 @@ class DashboardApp:
     # --- pages and files
 
     def on_index(self, request: Request) -> Response:
-        """Serve the page."""
+        """Serve the page.
+
+        :param request: the request.
+        :returns: the response.
+        """
         return self._send_asset(request, "index.html")
 
     def on_static(self, request: Request, name: str) -> Response:
-        """Serve one of the page's static files (a fixed list; nothing else on disk)."""
+        """Serve one of the page's static files (a fixed list; nothing else on disk).
+
+        :param request: the request.
+        :param name: the file's name.
+        :returns: the response.
+        """
         if name == "index.html" or name not in self._assets:
             return _error(404, "not found")
         return self._send_asset(request, name)
@@ -244,7 +253,11 @@ class DashboardApp:
     # --- JSON API: reads
 
     def on_stats(self, request: Request) -> Response:
-        """``GET api/stats``: totals, every queue with its pause state, the workers."""
+        """``GET api/stats``: totals, every queue with its pause state, the workers.
+
+        :param request: the request.
+        :returns: the response.
+        """
         queues = [
             {"name": info.name, "is_paused": info.is_paused, "stats": info.stats.as_dict()}
             for info in self.db.queues()
@@ -271,7 +284,11 @@ class DashboardApp:
         )
 
     def on_jobs(self, request: Request) -> Response:
-        """``GET api/jobs?status=&queue=&limit=&offset=``: one page of jobs, newest first."""
+        """``GET api/jobs?status=&queue=&limit=&offset=``: one page of jobs, newest first.
+
+        :param request: the request.
+        :returns: the response.
+        """
         query = _load_query(request.args.lists())
         total = self.db.count_jobs(queue=query["queue"], status=query["status"])
         jobs: Sequence[Job] = []
@@ -294,7 +311,12 @@ class DashboardApp:
         )
 
     def on_job(self, request: Request, job_id: str) -> Response:
-        """``GET api/jobs/<id>``: one job with every field."""
+        """``GET api/jobs/<id>``: one job with every field.
+
+        :param request: the request.
+        :param job_id: the job's public id (URL-decoded).
+        :returns: the response.
+        """
         job = self._get_job(job_id)
         if job is None:
             return _error(404, f"no job with id {job_id!r}")
@@ -303,7 +325,12 @@ class DashboardApp:
     # --- JSON API: changes (POST only, same-origin only)
 
     def on_retry_job(self, request: Request, job_id: str) -> Response:
-        """``POST api/jobs/<id>/retry``: a dead or failed job runs again (409 otherwise)."""
+        """``POST api/jobs/<id>/retry``: a dead or failed job runs again (409 otherwise).
+
+        :param request: the request.
+        :param job_id: the job's public id (URL-decoded).
+        :returns: the response.
+        """
         if not self.db.retry_job(job_id):  # JobNotFoundError: 404
             job = self._get_job(job_id)
             status = job.status if job is not None else "gone"
@@ -312,26 +339,51 @@ class DashboardApp:
         return _json({"job": _job_dict(job) if job is not None else None})
 
     def on_pause_queue(self, request: Request, queue: str) -> Response:
-        """``POST api/queues/<queue>/pause``: pause the queue in every process."""
+        """``POST api/queues/<queue>/pause``: pause the queue in every process.
+
+        :param request: the request.
+        :param queue: the queue's name (URL-decoded; may hold slashes).
+        :returns: the response.
+        """
         return self._set_queue_paused(queue, paused=True)
 
     def on_resume_queue(self, request: Request, queue: str) -> Response:
-        """``POST api/queues/<queue>/resume``: resume the queue in every process."""
+        """``POST api/queues/<queue>/resume``: resume the queue in every process.
+
+        :param request: the request.
+        :param queue: the queue's name (URL-decoded; may hold slashes).
+        :returns: the response.
+        """
         return self._set_queue_paused(queue, paused=False)
 
     def on_retry_queue(self, request: Request, queue: str) -> Response:
-        """``POST api/queues/<queue>/retry``: every dead and failed job of the queue again."""
+        """``POST api/queues/<queue>/retry``: every dead and failed job of the queue again.
+
+        :param request: the request.
+        :param queue: the queue's name (URL-decoded; may hold slashes).
+        :returns: the response.
+        """
         if not self._is_known_queue(queue):
             return _error(404, f"no queue named {queue!r}")
         retried = self.db.retry_jobs(status=RETRYABLE, queue=queue)
         return _json({"queue": queue, "retried": retried})
 
     def on_pause_workers(self, request: Request, queue: str) -> Response:
-        """``POST api/workers/<queue>/pause``: pause this process's workers of the queue."""
+        """``POST api/workers/<queue>/pause``: pause this process's workers of the queue.
+
+        :param request: the request.
+        :param queue: the queue's name (URL-decoded; may hold slashes).
+        :returns: the response.
+        """
         return self._set_workers_paused(queue, paused=True)
 
     def on_resume_workers(self, request: Request, queue: str) -> Response:
-        """``POST api/workers/<queue>/resume``: resume this process's workers of the queue."""
+        """``POST api/workers/<queue>/resume``: resume this process's workers of the queue.
+
+        :param request: the request.
+        :param queue: the queue's name (URL-decoded; may hold slashes).
+        :returns: the response.
+        """
         return self._set_workers_paused(queue, paused=False)
 
     def _set_queue_paused(self, queue: str, *, paused: bool) -> Response:

@@ -106,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exit_status(usage_exit)
     except (CommandError, WorkmaticError, CsvFormatError) as exc:
         _error(str(exc))
+    except BrokenPipeError:
+        # The reader went away (``| head``): exit quietly, and silence the final flush.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except OSError as exc:
         _error(_os_error_text(exc))
     except KeyboardInterrupt:
@@ -131,12 +135,6 @@ def _one_line(text: str) -> str:
 
 
 def _os_error_text(exc: OSError) -> str:
-    if isinstance(exc, BrokenPipeError):
-        # The reader went away (``| head``): silence the final flush too.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return "broken pipe: the output was closed early"
     if exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)

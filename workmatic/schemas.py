@@ -176,9 +176,12 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def _to_json(value: Any, field: str) -> str:
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError({field: [f"Not JSON-serialisable: {exc}"]}) from None
     if not text.isascii() and not _is_utf8(text):
