@@ -60,6 +60,7 @@ def create_app(db: workmatic.Database, *, auth: tuple[str, str] | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve the Flask app (and its dashboard) with gevent until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default="jobs.db")
     parser.add_argument("--host", default="127.0.0.1")

@@ -60,6 +60,7 @@ def enqueue_demo_jobs(db: workmatic.Database, stop: gevent.event.Event, interval
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line (``None``: ``sys.argv``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default="jobs.db", help="database file (default: jobs.db)")
     parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run workers, the producer and the dashboard until a signal or ``--duration``."""
     options = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stop = gevent.event.Event()

@@ -48,3 +48,16 @@ def edit(db: Any, sql: str, *params: object) -> None:
         _sql.recount(conn)
 
     db._write(run)
+
+
+def edit_job(db: Any, job_id: str, assignments: str) -> None:
+    """``UPDATE jobs SET <assignments>`` for one job, behind workmatic's back."""
+    from workmatic import _sql
+
+    def run(conn: Any) -> None:
+        found = _sql.locate(conn, job_id)
+        assert found is not None, job_id
+        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (found[0],))
+        _sql.recount(conn)
+
+    db._write(run)

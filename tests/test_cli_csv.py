@@ -362,7 +362,8 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
     from cli_helpers import child_env
 
     path = make_db(tmp_path / "jobs.db")
-    seed(path, [{"payload": str(i)} for i in range(20_000)])  # long enough to draw (> 0.25 s)
+    with workmatic.create_database(str(path)) as db:
+        workmatic.create_client(db).add_many(list(range(20_000)))  # long enough to draw
     main_fd, child_fd = pty.openpty()
     try:
         proc = subprocess.run(

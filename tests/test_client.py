@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from helpers import edit
+from helpers import edit_job
 from marshmallow import Schema, fields
 
 import workmatic
@@ -160,7 +160,7 @@ def test_key_makes_add_idempotent_while_active(memdb: workmatic.Database) -> Non
     assert client.add({"n": 2}, key="user-42") == first
     assert workmatic.create_client(memdb, "other").add({}, key="user-42") != first
     assert client.stats().total == 1
-    edit(memdb, "UPDATE jobs SET status = 'done' WHERE public_id = ?", first)
+    edit_job(memdb, first, "status = 'done'")
     assert client.add({"n": 3}, key="user-42") != first
 
 
@@ -168,8 +168,8 @@ def test_clear_deletes_the_queue_jobs_but_never_running_ones(memdb: workmatic.Da
     client = workmatic.create_client(memdb, "q")
     ids = client.add_many([{}] * 4)
     workmatic.create_client(memdb, "keep").add({})
-    edit(memdb, "UPDATE jobs SET status = 'running' WHERE public_id = ?", ids[0])
-    edit(memdb, "UPDATE jobs SET status = 'dead' WHERE public_id = ?", ids[1])
+    edit_job(memdb, ids[0], "status = 'running'")
+    edit_job(memdb, ids[1], "status = 'dead'")
     assert client.clear(status="dead") == 1
     assert client.clear() == 2
     assert client.stats().as_dict()["running"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import gevent
-from helpers import edit, wait_for
+from helpers import edit_job, wait_for
 
 import workmatic
 from workmatic import _sql
@@ -87,7 +87,7 @@ def test_counts_match_the_jobs_after_a_mixed_workload(db: workmatic.Database) ->
 def test_reaping_keeps_counts(memdb: workmatic.Database) -> None:
     client = workmatic.create_client(memdb, "q")
     job_id = client.add({})
-    edit(memdb, "UPDATE jobs SET status = 'running', lease_until = 1 WHERE public_id = ?", job_id)
+    edit_job(memdb, job_id, "status = 'running', lease_until = 1")
     assert client.stats().running == 1
     memdb._write(_sql.reap_expired, "q", 10**13)
     assert client.stats().ready == 1 and client.stats().running == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import edit, wait_for
+from helpers import edit_job, wait_for
 
 import workmatic
 
@@ -51,12 +51,8 @@ def test_transfer_moves_jobs_atomically(memdb: workmatic.Database) -> None:
     orch = workmatic.create_orchestrator(memdb)
     src = orch.client("src")
     ids = src.add_many(list(range(5)))
-    edit(
-        memdb,
-        "UPDATE jobs SET status = 'dead', attempts = 3, last_error = 'x' WHERE public_id = ?",
-        ids[0],
-    )
-    edit(memdb, "UPDATE jobs SET status = 'running' WHERE public_id = ?", ids[1])
+    edit_job(memdb, ids[0], "status = 'dead', attempts = 3, last_error = 'x'")
+    edit_job(memdb, ids[1], "status = 'running'")
     assert orch.transfer("src", "dst", limit=2) == 2  # oldest first: ids[0] (dead), ids[2]
     assert memdb.get_job(ids[0]).queue == "dst"  # type: ignore[union-attr]
     assert memdb.get_job(ids[0]).status == "dead"  # type: ignore[union-attr]
@@ -90,6 +86,6 @@ def test_move_job(memdb: workmatic.Database) -> None:
     assert memdb.get_job(job_id).queue == "b"  # type: ignore[union-attr]
     with pytest.raises(workmatic.JobNotFoundError):
         orch.move_job("missing", "b")
-    edit(memdb, "UPDATE jobs SET status = 'running' WHERE public_id = ?", job_id)
+    edit_job(memdb, job_id, "status = 'running'")
     with pytest.raises(workmatic.InvalidStateError):
         orch.move_job(job_id, "c")

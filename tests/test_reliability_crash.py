@@ -269,10 +269,34 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     ready = set(workers)
     half = TOTAL // 2
     producers = [
-        spawn("p1", "crash_producer", db_path, QUEUE, str(acks[0]), "--name", "p1",
-              "--count", str(half), logs=logs),  # fmt: skip
-        spawn("p2", "crash_producer", db_path, QUEUE, str(acks[1]), "--name", "p2",
-              "--count", str(TOTAL - half), "--batch", "1:200", "--seed", "2", logs=logs),  # fmt: skip
+        spawn(
+            "p1",
+            "crash_producer",
+            db_path,
+            QUEUE,
+            str(acks[0]),
+            "--name",
+            "p1",
+            "--count",
+            str(half),
+            logs=logs,
+        ),  # fmt: skip
+        spawn(
+            "p2",
+            "crash_producer",
+            db_path,
+            QUEUE,
+            str(acks[1]),
+            "--name",
+            "p2",
+            "--count",
+            str(TOTAL - half),
+            "--batch",
+            "1:200",
+            "--seed",
+            "2",
+            logs=logs,
+        ),  # fmt: skip
     ]
     procs.extend(producers)
 
@@ -300,8 +324,8 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         ready.discard(slot)
         workers[slot] = start_worker(slot)
 
-    for proc in workers.values():
-        if proc.popen.poll() is None and not is_ready(proc):
+    for slot, proc in workers.items():
+        if slot not in ready and not is_ready(proc):
             wait_ready(proc)
     for producer in producers:
         out, _ = producer.popen.communicate(timeout=120)
@@ -374,10 +398,12 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
         wait_ready(proc)
         # The worker either dies by its own hand or finishes everything; wait for either.
         wait_for(
-            lambda: proc.popen.poll() is not None
-            or (
-                db.get_job(suicide).status == "dead"  # type: ignore[union-attr]
-                and db.stats(QUEUE).done == len(others)
+            lambda: (
+                proc.popen.poll() is not None
+                or (
+                    db.get_job(suicide).status == "dead"  # type: ignore[union-attr]
+                    and db.stats(QUEUE).done == len(others)
+                )
             ),
             timeout=60,
             interval=0.05,
@@ -391,7 +417,9 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     assert job is not None
     print(
         "FIGURES suicide",
-        json.dumps({"deaths": deaths, "attempts": job.attempts, "seconds": time.monotonic() - began}),
+        json.dumps(
+            {"deaths": deaths, "attempts": job.attempts, "seconds": time.monotonic() - began}
+        ),
     )
     assert job.status == "dead" and job.attempts == 3 and deaths == 3
     assert "lease expired" in (job.last_error or "")

@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from helpers import edit, script, wait_for
+from helpers import edit, edit_job, script, wait_for
 from marshmallow import Schema, fields
 
 import workmatic
@@ -339,7 +339,7 @@ def test_fencing_a_worker_that_lost_its_lease_cannot_overwrite(db: workmatic.Dat
     a.start()
     wait_for(lambda: job_of(db, job_id).status == "running")
     # A's lease runs out (as if A had stalled): B reaps and takes the job.
-    raw_sql(db, "UPDATE jobs SET lease_until = 1 WHERE public_id = ?", job_id)
+    edit_job(db, job_id, "lease_until = 1")
     b = make(db, lambda job: f"from B after {job.attempts}")
     b.start()
     wait_for(lambda: job_of(db, job_id).status == "done")
@@ -358,11 +358,7 @@ def test_expired_lease_counts_as_an_attempt(memdb: workmatic.Database) -> None:
     retried = client.add({"n": 1})
     doomed = client.add({"n": 2}, max_attempts=1)
     for job_id in (retried, doomed):  # as if a worker had claimed them and died
-        raw_sql(
-            memdb,
-            "UPDATE jobs SET status = 'running', lease_until = 1, token = 7 WHERE public_id = ?",
-            job_id,
-        )
+        edit_job(memdb, job_id, "status = 'running', lease_until = 1, token = 7")
     seen: list[tuple[int, str | None]] = []
     worker = make(memdb, lambda job: seen.append((job.attempts, job.last_error)))
     worker.start()
@@ -487,9 +483,7 @@ def test_a_busy_worker_still_rescues_a_crashed_workers_job(memdb: workmatic.Data
     worker.start()
     wait_for(lambda: worker.active == 1)
     orphan = client.add({"orphan": True})
-    raw_sql(
-        memdb, "UPDATE jobs SET status = 'running', lease_until = 1 WHERE public_id = ?", orphan
-    )
+    edit_job(memdb, orphan, "status = 'running', lease_until = 1")
     wait_for(lambda: job_of(memdb, orphan).status == "ready", timeout=5)
     assert job_of(memdb, orphan).attempts == 1
     release.set()

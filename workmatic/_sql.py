@@ -6,8 +6,11 @@ LOCKED`` and ``LISTEN/NOTIFY``) would provide a module with the same functions.
 
 Design notes:
 
-* ``id INTEGER PRIMARY KEY`` (no AUTOINCREMENT) orders jobs by insertion; ``public_id`` is
-  time-ordered, so both indexes grow at their right edge.
+* ``id INTEGER PRIMARY KEY`` (no AUTOINCREMENT) orders jobs by insertion. A job's public
+  id is derived from its row: 12 hex digits of ``id`` then 12 of a random ``nonce``
+  (:func:`format_id`), so it needs no index of its own, sorts in insertion order, and is
+  never reused even when SQLite reuses the rowid of a deleted job. Jobs imported with an
+  id from elsewhere keep it in ``public_id`` (a partial unique index covers those only).
 * A ``ready`` job is either *due* (``due = 1``: in ``jobs_claim``, ordered by priority then
   id) or *delayed* (``due = 0``: in ``jobs_delayed``, ordered by ``run_at``). Every claim
   first promotes delayed jobs whose time has come (an index seek that stops at the first
@@ -32,7 +35,7 @@ SCHEMA_VERSION = 2
 #: The columns every job read returns, in this order (see ``database.row_to_job``).
 JOB_COLUMNS = (
     "id, public_id, queue, payload, status, priority, attempts, max_attempts, created_at,"
-    " run_at, last_error, result, updated_at, lease_until, key, token"
+    " run_at, last_error, result, updated_at, lease_until, key, token, nonce"
 )
 
 # Version 1: the original columns (those of the Node original's CSV format).
@@ -59,14 +62,39 @@ _V1 = [
     )""",
 ]
 
-# Version 2: results, idempotency keys, fencing tokens, the due flag, and the indexes.
+# Version 2: the table rebuilt: derived public ids (nonce), results, idempotency keys,
+# fencing tokens, the due flag; the claim, lease and failure indexes; the counts table.
 _V2 = [
-    "ALTER TABLE jobs ADD COLUMN result TEXT",
-    "ALTER TABLE jobs ADD COLUMN key TEXT",
-    "ALTER TABLE jobs ADD COLUMN token INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE jobs ADD COLUMN due INTEGER NOT NULL DEFAULT 1",
-    "UPDATE jobs SET due = 0 WHERE status = 'ready'"
-    " AND run_at > CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+    """CREATE TABLE jobs_v2 (
+        id INTEGER PRIMARY KEY,
+        public_id TEXT,
+        nonce INTEGER NOT NULL DEFAULT 0,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_error TEXT,
+        result TEXT,
+        key TEXT,
+        token INTEGER NOT NULL DEFAULT 0,
+        due INTEGER NOT NULL DEFAULT 1
+    )""",
+    "INSERT INTO jobs_v2 (id, public_id, queue, payload, status, priority, run_at, attempts,"
+    " max_attempts, lease_until, created_at, updated_at, last_error, due)"
+    " SELECT id, public_id, queue, payload, status, priority, run_at, attempts, max_attempts,"
+    " lease_until, created_at, updated_at, last_error,"
+    " CASE WHEN status = 'ready' AND run_at > CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    " THEN 0 ELSE 1 END FROM jobs",
+    "DROP TABLE jobs",
+    "ALTER TABLE jobs_v2 RENAME TO jobs",
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_public_id ON jobs (public_id)"
+    " WHERE public_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority, id)"
     " WHERE status = 'ready' AND due = 1",
     "CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (queue, run_at)"
@@ -196,18 +224,42 @@ def _has_unixepoch(conn: Any) -> bool:
 
 # --- adding ----------------------------------------------------------------------------
 
+
+def format_id(rowid: int, nonce: int) -> str:
+    """The public id of a job that has no imported one."""
+    return f"{rowid:012x}{nonce:012x}"
+
+
+def parse_id(public_id: str) -> tuple[int, int] | None:
+    """``(rowid, nonce)`` of an id in :func:`format_id`'s form, else None."""
+    if len(public_id) < 24 or len(public_id) > 40:
+        return None
+    try:
+        rowid, nonce = int(public_id[:-12], 16), int(public_id[-12:], 16)
+    except ValueError:
+        return None
+    if format_id(rowid, nonce) != public_id or rowid >= 2**63:
+        return None
+    return rowid, nonce
+
+
+def job_id(row: Sequence[Any]) -> str:
+    """The public id of a row of ``JOB_COLUMNS``."""
+    return str(row[1]) if row[1] is not None else format_id(row[0], row[16])
+
+
 _INSERT = (
-    "INSERT INTO jobs (public_id, queue, payload, status, priority, run_at, attempts,"
+    "INSERT INTO jobs (nonce, queue, payload, status, priority, run_at, attempts,"
     " max_attempts, lease_until, created_at, updated_at, key, due)"
     " VALUES (?, ?, ?, 'ready', ?, ?, 0, ?, 0, ?, ?, ?, ?)"
 )
 _FIND_ACTIVE_KEY = (
-    "SELECT public_id FROM jobs WHERE queue = ? AND key = ? AND status IN ('ready', 'running')"
-    " LIMIT 1"
+    "SELECT id, public_id, nonce FROM jobs WHERE queue = ? AND key = ?"
+    " AND status IN ('ready', 'running') LIMIT 1"
 )
 
-#: One new job: (public_id, queue, payload, priority, run_at, max_attempts, now, now, key, due)
-NewJob = tuple[str, str, str, int, int, int, int, int, "str | None", int]
+#: One new job: (nonce, queue, payload, priority, run_at, max_attempts, now, now, key, due)
+NewJob = tuple[int, str, str, int, int, int, int, int, "str | None", int]
 
 
 def insert_job(conn: Any, row: NewJob) -> str:
@@ -216,20 +268,34 @@ def insert_job(conn: Any, row: NewJob) -> str:
     if key is not None:
         found = conn.execute(_FIND_ACTIVE_KEY, (row[1], key)).fetchone()
         if found is not None:
-            return str(found[0])
-    conn.execute(_INSERT, row)
+            return str(found[1]) if found[1] is not None else format_id(found[0], found[2])
+    rowid = conn.execute(_INSERT, row).lastrowid
     _bump(conn, row[1], "ready")
-    return row[0]
+    return format_id(rowid, row[0])
+
+
+def _insert_rows(conn: Any, rows: Sequence[NewJob]) -> list[str]:
+    """Insert keyless rows with one ``executemany``. SQLite gives rows appended to the table
+    consecutive rowids, so the ids follow from the last one (checked on the first)."""
+    conn.executemany(_INSERT, rows)
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    first = last - len(rows) + 1
+    check = conn.execute("SELECT nonce, payload FROM jobs WHERE id = ?", (first,)).fetchone()
+    if check is None or (check[0], check[1]) != (rows[0][0], rows[0][2]):  # pragma: no cover
+        raise RuntimeError("rowids of a batch insert were not consecutive")
+    by_queue: dict[str, int] = {}
+    for row in rows:
+        by_queue[row[1]] = by_queue.get(row[1], 0) + 1
+    for queue, n in by_queue.items():
+        _bump(conn, queue, "ready", n)
+    return [format_id(first + i, row[0]) for i, row in enumerate(rows)]
 
 
 def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
     """:func:`insert_job` for many callers at once: keyless rows in one ``executemany``."""
     plain = [row for (row,) in calls if row[8] is None]
-    if plain:
-        conn.executemany(_INSERT, plain)
-        for row in plain:
-            _bump(conn, row[1], "ready")
-    return [row[0] if row[8] is None else insert_job(conn, row) for (row,) in calls]
+    ids = iter(_insert_rows(conn, plain) if plain else [])
+    return [next(ids) if row[8] is None else insert_job(conn, row) for (row,) in calls]
 
 
 insert_job.many = _insert_job_many  # type: ignore[attr-defined]
@@ -237,18 +303,14 @@ insert_job.many = _insert_job_many  # type: ignore[attr-defined]
 
 def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
     """Insert many keyless jobs in one statement batch."""
-    conn.executemany(_INSERT, rows)
-    if rows:
-        _bump(conn, rows[0][1], "ready", len(rows))
-    return [row[0] for row in rows]
+    return _insert_rows(conn, rows) if rows else []
 
 
 _IMPORT = (
-    "INSERT INTO jobs (public_id, queue, payload, status, priority, run_at, attempts,"
+    "INSERT INTO jobs (public_id, nonce, queue, payload, status, priority, run_at, attempts,"
     " max_attempts, lease_until, created_at, updated_at, last_error, result, key, due)"
-    " VALUES (:public_id, :queue, :payload, :status, :priority, :run_at, :attempts,"
+    " VALUES (:public_id, :nonce, :queue, :payload, :status, :priority, :run_at, :attempts,"
     " :max_attempts, 0, :created_at, :updated_at, :last_error, :result, :key, :due)"
-    " ON CONFLICT (public_id) DO NOTHING"
 )
 
 
@@ -256,11 +318,13 @@ def import_jobs(conn: Any, records: Iterable[dict[str, Any]]) -> tuple[int, int]
     """Insert records, skipping public ids already present. Returns (inserted, skipped)."""
     inserted = skipped = 0
     for record in records:
-        if conn.execute(_IMPORT, record).rowcount:
-            inserted += 1
-            _bump(conn, record["queue"], record["status"])
-        else:
+        public_id = record.get("public_id")
+        if public_id and locate(conn, public_id) is not None:
             skipped += 1
+            continue
+        conn.execute(_IMPORT, record)
+        inserted += 1
+        _bump(conn, record["queue"], record["status"])
     return inserted, skipped
 
 
@@ -313,7 +377,8 @@ def claim(conn: Any, queue: str, limit: int, now: int, lease_until: int) -> list
     )
     _move(conn, queue, "ready", "running", len(rows))
     return [
-        (*row[:4], "running", *row[5:12], now, lease_until, row[14], row[15] + 1) for row in rows
+        (*row[:4], "running", *row[5:12], now, lease_until, row[14], row[15] + 1, row[16])
+        for row in rows
     ]
 
 
@@ -486,12 +551,30 @@ def _where(queue: str | None, statuses: Sequence[str] | None) -> tuple[str, list
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+_BY_NATIVE_ID = "FROM jobs WHERE id = ? AND nonce = ? AND public_id IS NULL"
+_BY_IMPORTED_ID = "FROM jobs WHERE public_id = ?"
+
+
 def get_job(conn: Any, public_id: str) -> tuple[Any, ...] | None:
     """One job's row by public id."""
-    row: tuple[Any, ...] | None = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE public_id = ?", (public_id,)
-    ).fetchone()
+    row: tuple[Any, ...] | None = None
+    parsed = parse_id(public_id)
+    if parsed is not None:
+        row = conn.execute(f"SELECT {JOB_COLUMNS} {_BY_NATIVE_ID}", parsed).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT {JOB_COLUMNS} {_BY_IMPORTED_ID}", (public_id,)).fetchone()
     return row
+
+
+def locate(conn: Any, public_id: str) -> tuple[int, str, str] | None:
+    """``(rowid, status, queue)`` of a job by public id."""
+    row = None
+    parsed = parse_id(public_id)
+    if parsed is not None:
+        row = conn.execute(f"SELECT id, status, queue {_BY_NATIVE_ID}", parsed).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT id, status, queue {_BY_IMPORTED_ID}", (public_id,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
 def list_jobs(
@@ -565,15 +648,14 @@ _RESET = (
 
 def retry_job(conn: Any, public_id: str, now: int) -> str | None:
     """Reset a dead or failed job to ready. Returns its previous status, None if unknown."""
-    row = conn.execute(
-        "SELECT status, queue FROM jobs WHERE public_id = ?", (public_id,)
-    ).fetchone()
-    if row is None:
+    found = locate(conn, public_id)
+    if found is None:
         return None
-    if row[0] in ("dead", "failed"):
-        conn.execute(f"UPDATE jobs SET {_RESET} WHERE public_id = ?", (now, now, public_id))
-        _move(conn, row[1], row[0], "ready")
-    return str(row[0])
+    rowid, status, queue = found
+    if status in ("dead", "failed"):
+        conn.execute(f"UPDATE jobs SET {_RESET} WHERE id = ?", (now, now, rowid))
+        _move(conn, queue, status, "ready")
+    return status
 
 
 def retry_jobs(conn: Any, queue: str | None, statuses: Sequence[str], now: int) -> int:
@@ -614,16 +696,12 @@ def transfer(
 
 def move_job(conn: Any, public_id: str, target: str, now: int) -> str | None:
     """Move one job to another queue unless it is running. Returns its status, None if unknown."""
-    row = conn.execute(
-        "SELECT status, queue FROM jobs WHERE public_id = ?", (public_id,)
-    ).fetchone()
-    if row is None:
+    found = locate(conn, public_id)
+    if found is None:
         return None
-    if row[0] != "running":
-        conn.execute(
-            "UPDATE jobs SET queue = ?, updated_at = ? WHERE public_id = ?",
-            (target, now, public_id),
-        )
-        _bump(conn, row[1], row[0], -1)
-        _bump(conn, target, row[0], 1)
-    return str(row[0])
+    rowid, status, queue = found
+    if status != "running":
+        conn.execute("UPDATE jobs SET queue = ?, updated_at = ? WHERE id = ?", (target, now, rowid))
+        _bump(conn, queue, status, -1)
+        _bump(conn, target, status, 1)
+    return status

@@ -11,7 +11,7 @@ from marshmallow import Schema
 from . import _sql
 from .database import OFFLOAD_ROWS, Database
 from .exceptions import ValidationError
-from .job import Job, JobStats, new_job_id, now_ms
+from .job import Job, JobStats, new_nonce, now_ms
 from .schemas import dump_payload, validate_add_options, validate_queue
 
 __all__ = ["Client", "create_client"]
@@ -63,7 +63,7 @@ class Client:
         text = dump_payload(payload, self.schema)
         now = now_ms()
         row = (
-            new_job_id(),
+            new_nonce(),
             self.queue,
             text,
             prio,
@@ -112,7 +112,7 @@ class Client:
                 if len(errors) >= 100:
                     break
                 continue
-            rows.append((new_job_id(), queue, text, prio, run_at, attempts, now, now, None, due))
+            rows.append((new_nonce(), queue, text, prio, run_at, attempts, now, now, None, due))
         if errors:
             raise ValidationError({"payloads": errors})
         if not rows:

@@ -38,6 +38,7 @@ from .exceptions import (
     ValidationError,
 )
 from .job import (
+    new_nonce as _nonce,
     STATUSES,
     ImportResult,
     Job,
@@ -73,7 +74,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
     """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
     lease = row[13]
     return Job(
-        id=str(row[1]),
+        id=_sql.job_id(row),
         queue=str(row[2]),
         payload=decode_json(row[3]),
         status=str(row[4]),
@@ -789,11 +790,9 @@ class Database:
         def normalised() -> Iterator[dict[str, Any]]:
             for record in records:
                 row = dict(record)
-                row.setdefault("public_id", None)
-                if not row["public_id"]:
-                    from .job import new_job_id
-
-                    row["public_id"] = new_job_id()
+                if not row.get("public_id"):
+                    row["public_id"] = None
+                row["nonce"] = _nonce()
                 if row.get("status", "ready") == "running":
                     row["status"] = "ready"
                 row.setdefault("status", "ready")

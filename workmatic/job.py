@@ -39,9 +39,9 @@ def datetime_to_ms(value: datetime) -> int:
 
 
 class _IdGenerator:
-    """Time-ordered, URL-safe, unique public ids: 12 hex digits of epoch ms, then 16 of a
-    per-process random prefix and counter. Ids from one process sort in creation order,
-    which keeps the unique index's inserts at its right edge."""
+    """Unique, URL-safe ids for records that come without one (e.g. imported rows):
+    12 hex digits of epoch ms, then 16 of a per-process random prefix and counter. (Jobs
+    added through a client get ids derived from their row; see ``_sql.format_id``.)"""
 
     def __init__(self) -> None:
         self._reseed()
@@ -59,6 +59,15 @@ class _IdGenerator:
 
 
 new_job_id = _IdGenerator()
+
+_nonces = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_nonces.seed)
+
+
+def new_nonce() -> int:
+    """A random 48-bit number: the part of a job's public id that makes it unique."""
+    return _nonces.getrandbits(48)
 
 
 @dataclass(frozen=True)
