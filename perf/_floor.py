@@ -90,7 +90,7 @@ def _process(conn: Any, jobs: int, concurrency: int, producers: int = 0) -> int:
             if pending:
                 _sql.insert_job(conn, pending.pop())
         for row in held:
-            if _sql.finish(conn, ("done", row[0], row[15], now, None)):
+            if _sql.finish(conn, ("done", row[0], row[15], now, row[2], None)):
                 done += 1
         held = _sql.claim(conn, QUEUE, concurrency, now, now + lease)
         commit(conn)

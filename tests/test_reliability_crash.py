@@ -14,6 +14,8 @@ docs/reliability.md.
 from __future__ import annotations
 
 import collections
+import functools
+import itertools
 import json
 import os
 import random
@@ -169,7 +171,7 @@ def read_acks(*paths: Path) -> list[str]:
 
 def integrity_check(path: str) -> str:
     """``PRAGMA integrity_check`` on a file, through a plain read connection."""
-    conn = sqlite.connect(path)
+    conn = sqlite.connect(path, timeout=30)
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
     finally:
@@ -232,7 +234,7 @@ def analyse(
                 continue
             spans.append((run.start, stop, run.name))
         spans.sort()
-        for (_, first_end, first), (second_start, _, second) in zip(spans, spans[1:]):
+        for (_, first_end, first), (second_start, _, second) in itertools.pairwise(spans):
             if second_start < first_end:
                 figures.overlapping_runs += 1
                 figures.problems.append(f"{job.id}: runs by {first} and {second} overlap")
@@ -243,8 +245,26 @@ def analyse(
     return figures
 
 
+SLOW = pytest.mark.skipif(
+    os.environ.get("WORKMATIC_SLOW") != "1", reason="long run: set WORKMATIC_SLOW=1"
+)
+
+
+@pytest.mark.parametrize(
+    ("total", "min_kills"),
+    [
+        pytest.param(TOTAL, MIN_KILLS, id="ci"),
+        pytest.param(100_000, 150, id="long", marks=[pytest.mark.slow, SLOW]),
+    ],
+)
 def test_workers_killed_every_few_hundred_ms_lose_no_job(
-    db: workmatic.Database, db_path: str, tmp_path: Path, logs: Path, procs: list[Proc]
+    db: workmatic.Database,
+    db_path: str,
+    tmp_path: Path,
+    logs: Path,
+    procs: list[Proc],
+    total: int,
+    min_kills: int,
 ) -> None:
     record = tmp_path / "record.txt"
     acks = [tmp_path / "acks-p1.txt", tmp_path / "acks-p2.txt"]
@@ -267,7 +287,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     for proc in workers.values():
         wait_ready(proc)
     ready = set(workers)
-    half = TOTAL // 2
+    half = total // 2
     producers = [
         spawn(
             "p1",
@@ -280,7 +300,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
             "--count",
             str(half),
             logs=logs,
-        ),  # fmt: skip
+        ),
         spawn(
             "p2",
             "crash_producer",
@@ -290,13 +310,13 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
             "--name",
             "p2",
             "--count",
-            str(TOTAL - half),
+            str(total - half),
             "--batch",
             "1:200",
             "--seed",
             "2",
             logs=logs,
-        ),  # fmt: skip
+        ),
     ]
     procs.extend(producers)
 
@@ -305,8 +325,8 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     kills: list[Proc] = []
     kills_during_work = 0
     hit_running = 0
-    while len(kills) < MIN_KILLS:
-        assert time.monotonic() - began < 240, f"only {len(kills)} kills in 240 s"
+    while len(kills) < min_kills:
+        assert time.monotonic() - began < 60 + min_kills * 6, f"only {len(kills)} kills"
         time.sleep(rng.uniform(0.15, 0.45))  # the kill cadence itself, not a wait for state
         for slot, proc in workers.items():
             if slot not in ready and is_ready(proc):
@@ -317,7 +337,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         victim = workers[slot]
         kill(victim)
         kills.append(victim)
-        kills_during_work += count_done(db) < TOTAL
+        kills_during_work += count_done(db) < total
         runs = [line.split() for line in record.read_text().splitlines()]
         mine = [r[4] for r in runs if r[1] == victim.name]
         hit_running += mine.count("start") > mine.count("end")
@@ -331,14 +351,14 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         out, _ = producer.popen.communicate(timeout=120)
         assert producer.popen.returncode == 0, producer.log.read_text()[-3000:]
         assert out.strip().endswith("done")
-    wait_for(lambda: db.stats(QUEUE).done == TOTAL, timeout=120, interval=0.1)
+    wait_for(lambda: db.stats(QUEUE).done == total, timeout=120, interval=0.1)
     terminate(list(workers.values()))
     for proc in workers.values():
         assert proc.popen.returncode == 0, proc.log.read_text()[-3000:]
     elapsed = time.monotonic() - began
 
     acked = read_acks(*acks)
-    assert len(acked) == TOTAL and len(set(acked)) == TOTAL
+    assert len(acked) == total and len(set(acked)) == total
     figures = analyse(db, read_runs(record), incarnations)
     figures.kills = len(kills)
     figures.kills_hitting_running_jobs = hit_running
@@ -357,19 +377,19 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
 
     assert not figures.problems, figures.problems[:20]
     assert figures.jobs_lost == 0
-    assert figures.jobs == TOTAL
+    assert figures.jobs == total
     assert db.stats(QUEUE).as_dict() == {
         "ready": 0,
         "running": 0,
-        "done": TOTAL,
+        "done": total,
         "failed": 0,
         "dead": 0,
-        "total": TOTAL,
+        "total": total,
     }
-    assert figures.kills >= MIN_KILLS
-    assert kills_during_work >= MIN_KILLS, "the jobs ran out before the kills: slow them"
+    assert figures.kills >= min_kills
+    assert kills_during_work >= min_kills, "the jobs ran out before the kills: slow them"
     # The kills must have hit work in progress, or this test proves nothing.
-    assert hit_running >= MIN_KILLS // 2, figures
+    assert hit_running >= min_kills // 2, figures
     assert figures.duplicate_runs_unexplained == 0 and figures.overlapping_runs == 0
     assert integrity_check(db_path) == "ok"
 
@@ -384,6 +404,13 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     deaths = 0
     began = time.monotonic()
     generation = 0
+
+    def settled(proc: Proc) -> bool:
+        if proc.popen.poll() is not None:
+            return True
+        job = db.get_job(suicide)
+        return job is not None and job.status == "dead" and db.stats(QUEUE).done == len(others)
+
     while True:
         job = db.get_job(suicide)
         assert job is not None
@@ -397,17 +424,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
         procs.append(proc)
         wait_ready(proc)
         # The worker either dies by its own hand or finishes everything; wait for either.
-        wait_for(
-            lambda: (
-                proc.popen.poll() is not None
-                or (
-                    db.get_job(suicide).status == "dead"  # type: ignore[union-attr]
-                    and db.stats(QUEUE).done == len(others)
-                )
-            ),
-            timeout=60,
-            interval=0.05,
-        )
+        wait_for(functools.partial(settled, proc), timeout=60, interval=0.05)
         if proc.popen.poll() is not None:
             assert proc.popen.returncode == -signal.SIGKILL
             deaths += 1
@@ -455,6 +472,10 @@ def test_producers_killed_mid_add_leave_no_partial_or_corrupt_job(
             assert proc.popen.poll() is None, proc.log.read_text()[-3000:]
             kill(proc)
             kills += 1
+        # Let one connection (with a busy handler) recover the WAL before the next round
+        # opens the file three times at once: see test_open_waits_for_a_lock_held_elsewhere
+        # in test_reliability_faults.py for what an opener does otherwise.
+        assert integrity_check(db_path) == "ok"
 
     assert integrity_check(db_path) == "ok"
     with workmatic.create_database(db_path, create=False) as db:

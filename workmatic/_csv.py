@@ -18,15 +18,20 @@ through :meth:`Database.import_jobs`, fed by a generator (constant memory).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import os
 import re
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import marshmallow
 
@@ -45,6 +50,8 @@ __all__ = [
     "InvalidRowsError",
     "Progress",
     "RowError",
+    "csv_input",
+    "csv_output",
     "export_csv",
     "import_csv",
 ]
@@ -272,6 +279,93 @@ def export_csv(
         progress.update(count)
         progress.finish()
     return count
+
+
+@contextlib.contextmanager
+def csv_output(path: str | None) -> Iterator[TextIO]:
+    """Open where an export goes: stdout for ``None`` or ``"-"``, else ``path``.
+
+    Yields a UTF-8 text stream with ``newline=""`` (as :mod:`csv` wants). A regular file is
+    written under a temporary name beside it and renamed into place once complete, so a
+    failed export never leaves half a file; FIFOs and devices are written directly.
+    """
+    if path is None or path == "-":
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a replaced sys.stdout without bytes underneath
+            yield sys.stdout
+            return
+        sys.stdout.flush()
+        out = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+        try:
+            yield out
+        finally:
+            out.flush()
+            out.detach()
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):  # a FIFO, /dev/stdout...
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            yield out
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".workmatic-export-", suffix=".csv", dir=directory)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as out:
+            yield out
+        if mode is not None:
+            os.chmod(tmp, stat.S_IMODE(mode))
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def csv_input(path: str) -> Iterator[tuple[TextIO, Callable[[], float | None]]]:
+    """Open a CSV file to import: ``path``, or stdin for ``"-"`` and ``/dev/stdin``.
+
+    Yields a UTF-8 text stream (a byte order mark is dropped, ``newline=""``) and a
+    function returning the fraction of the file read so far (``None`` if unknown).
+    """
+    raw: IO[bytes]
+    if path in ("-", "/dev/stdin"):
+        raw = sys.stdin.buffer
+        size = 0
+        close = False
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
+        close = True
+        try:
+            size = os.fstat(raw.fileno()).st_size
+        except OSError:
+            size = 0
+        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            size = 0
+
+    def fraction() -> float | None:
+        if not size:
+            return None
+        try:
+            return raw.tell() / size
+        except OSError:
+            return None
+
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    try:
+        yield text, fraction
+    finally:
+        if close:
+            text.close()
+        else:
+            text.detach()
 
 
 def _header(names: list[str]) -> list[str]:

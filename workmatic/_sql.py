@@ -335,10 +335,19 @@ _PROMOTE = (
     "UPDATE jobs SET due = 1 WHERE queue = ? AND status = 'ready' AND due = 0 AND run_at <= ?"
 )
 _SELECT_DUE = (
-    f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ?1 AND status = 'ready' AND due = 1"
+    "SELECT id FROM jobs WHERE queue = ?1 AND status = 'ready' AND due = 1"
     " AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1)"
     " ORDER BY priority, id LIMIT ?2"
 )
+_TAKE = (
+    "UPDATE jobs SET status = 'running', lease_until = ?, token = token + 1, updated_at = ?"
+    " WHERE id IN ({marks}) RETURNING id, public_id, payload, priority, attempts, max_attempts,"
+    " created_at, run_at, last_error, key, token, nonce"
+)
+#: Delayed jobs are promoted by at most one claim per this many ms (per connection and
+#: queue) unless the claim asks for it; a due job waits at most that much longer.
+PROMOTE_EVERY_MS = 10
+_promoted: dict[tuple[int, str], int] = {}
 _REAP = (
     "UPDATE jobs SET attempts = attempts + 1,"
     " status = CASE WHEN attempts + 1 >= max_attempts THEN 'dead' ELSE 'ready' END,"
@@ -357,28 +366,31 @@ def is_paused(conn: Any, queue: str) -> bool:
     return bool(row and row[0])
 
 
-def claim(conn: Any, queue: str, limit: int, now: int, lease_until: int) -> list[tuple[Any, ...]]:
+def claim(
+    conn: Any, queue: str, limit: int, now: int, lease_until: int, promote: bool = False
+) -> list[tuple[Any, ...]]:
     """Claim up to ``limit`` due jobs of an unpaused queue: best priority first, then FIFO.
 
-    Returns the claimed rows (``JOB_COLUMNS``) as they are after the claim.
+    :param promote: promote due delayed jobs first even if it was done just now.
+    :returns: the claimed rows (``JOB_COLUMNS``) as they are after the claim, in order.
     """
     if limit <= 0:
         return []
-    conn.execute(_PROMOTE, (queue, now))
-    rows = conn.execute(_SELECT_DUE, (queue, limit)).fetchall()
-    if not rows:
+    mark = (id(conn), queue)
+    if promote or now - _promoted.get(mark, 0) >= PROMOTE_EVERY_MS:
+        conn.execute(_PROMOTE, (queue, now))
+        _promoted[mark] = now
+    ids = [row[0] for row in conn.execute(_SELECT_DUE, (queue, limit)).fetchall()]
+    if not ids:
         return []
-    ids = [row[0] for row in rows]
-    marks = ",".join("?" * len(ids))
-    conn.execute(
-        "UPDATE jobs SET status = 'running', lease_until = ?, token = token + 1, updated_at = ?"
-        f" WHERE id IN ({marks})",
-        (lease_until, now, *ids),
-    )
-    _move(conn, queue, "ready", "running", len(rows))
+    sql = _TAKE.format(marks=",".join("?" * len(ids)))
+    taken = {r[0]: r for r in conn.execute(sql, (lease_until, now, *ids)).fetchall()}
+    _move(conn, queue, "ready", "running", len(taken))
+    # In claim order, and in JOB_COLUMNS order (the claim reads only what it does not know).
+    rows = [taken[i] for i in ids]
     return [
-        (*row[:4], "running", *row[5:12], now, lease_until, row[14], row[15] + 1, row[16])
-        for row in rows
+        (r[0], r[1], queue, r[2], "running", *r[3:9], None, now, lease_until, r[9], r[10], r[11])
+        for r in rows
     ]
 
 
@@ -403,7 +415,7 @@ def reap_and_claim(
     """Expire stale leases (if asked), then claim."""
     if reap:
         reap_expired(conn, queue, now)
-    return claim(conn, queue, limit, now, lease_until)
+    return claim(conn, queue, limit, now, lease_until, promote=True)
 
 
 def reap_expired(conn: Any, queue: str, now: int) -> int:
@@ -422,35 +434,34 @@ def next_due(conn: Any, queue: str) -> int | None:
 
 _COMPLETE = (
     "UPDATE jobs SET status = 'done', result = ?, lease_until = 0, updated_at = ?"
-    " WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
+    " WHERE id = ? AND token = ? AND status = 'running'"
 )
 _RETRY_LATER = (
     "UPDATE jobs SET status = 'ready', attempts = attempts + 1, last_error = ?, run_at = ?,"
     " due = ?, lease_until = 0, updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
-    " RETURNING queue"
 )
 _FAIL = (
     "UPDATE jobs SET status = ?, attempts = attempts + 1, last_error = ?, lease_until = 0,"
-    " updated_at = ? WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
+    " updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
 )
 _RELEASE = (
     "UPDATE jobs SET status = 'ready', due = 1, lease_until = 0, updated_at = ?"
-    " WHERE id = ? AND token = ? AND status = 'running' RETURNING queue"
+    " WHERE id = ? AND token = ? AND status = 'running'"
 )
 _RENEW = "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'"
 
-#: How a run ended: (kind, rowid, token, now, data...) where kind is one of
+#: How a run ended: (kind, rowid, token, now, queue, data...) where kind is one of
 #: "done" (result_json), "retry" (error, run_at, due), "dead"/"failed" (error), "release" ().
 Outcome = tuple[Any, ...]
 
 
 def finish(conn: Any, outcome: Outcome) -> bool:
     """Record a run's outcome, fenced by the claim's token. Returns False if the lease was lost."""
-    kind, rowid, token, now = outcome[:4]
+    kind, rowid, token, now, queue = outcome[:5]
     held = _finish(conn, kind, rowid, token, now, outcome)
     if held:
-        _move(conn, held, "running", _NEW_STATUS[kind])
-    return bool(held)
+        _move(conn, queue, "running", _NEW_STATUS[kind])
+    return held
 
 
 _NEW_STATUS = {
@@ -462,20 +473,19 @@ _NEW_STATUS = {
 }
 
 
-def _finish(conn: Any, kind: str, rowid: int, token: int, now: int, outcome: Outcome) -> str | None:
+def _finish(conn: Any, kind: str, rowid: int, token: int, now: int, outcome: Outcome) -> bool:
     if kind == "done":
-        cur = conn.execute(_COMPLETE, (outcome[4], now, rowid, token))
+        cur = conn.execute(_COMPLETE, (outcome[5], now, rowid, token))
     elif kind == "retry":
-        error, run_at, due = outcome[4:7]
+        error, run_at, due = outcome[5:8]
         cur = conn.execute(_RETRY_LATER, (error, run_at, due, now, rowid, token))
     elif kind in ("dead", "failed"):
-        cur = conn.execute(_FAIL, (kind, outcome[4], now, rowid, token))
+        cur = conn.execute(_FAIL, (kind, outcome[5], now, rowid, token))
     elif kind == "release":
         cur = conn.execute(_RELEASE, (now, rowid, token))
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown outcome {kind!r}")
-    rows = cur.fetchall()
-    return str(rows[0][0]) if rows else None
+    return bool(cur.rowcount)
 
 
 def finish_and_claim(

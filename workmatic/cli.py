@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import signal
-import stat
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import workmatic
 
@@ -42,6 +39,8 @@ from ._csv import (
     CsvImportReport,
     InvalidRowsError,
     Progress,
+    csv_input,
+    csv_output,
     export_csv,
     import_csv,
     read_rows,
@@ -695,48 +694,6 @@ def _print_job(job: Job) -> None:
         block("result", json.dumps(job.result, ensure_ascii=False, indent=2))
 
 
-@contextlib.contextmanager
-def _csv_output(path: str | None) -> Iterator[TextIO]:
-    """Yield a text stream for CSV (``newline=""``): stdout, or a file replaced atomically."""
-    if path is None or path == "-":
-        buffer = getattr(sys.stdout, "buffer", None)
-        if buffer is None:  # a replaced sys.stdout without bytes underneath
-            yield sys.stdout
-            return
-        sys.stdout.flush()
-        out = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
-        try:
-            yield out
-        finally:
-            out.flush()
-            out.detach()
-        return
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):  # a FIFO, /dev/stdout...
-        with open(path, "w", encoding="utf-8", newline="") as out:
-            yield out
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".workmatic-export-", suffix=".csv", dir=directory)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as out:
-            yield out
-        if mode is not None:
-            os.chmod(tmp, stat.S_IMODE(mode))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     to_stdout = args.file is None or args.file == "-"
     with _open_db(args) as db:
@@ -744,7 +701,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             total = db.count_jobs(queue=args.queue, status=args.status)
             progress = Progress("exported", total=total)
-        with _csv_output(args.file) as out:
+        with csv_output(args.file) as out:
             count = export_csv(
                 db,
                 out,
@@ -761,42 +718,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _csv_input(path: str) -> Iterator[tuple[TextIO, Callable[[], float | None]]]:
-    """Yield a text stream over the CSV (BOM dropped) and a read-fraction function."""
-    raw: IO[bytes]
-    if path in ("-", "/dev/stdin"):
-        raw = sys.stdin.buffer
-        size = 0
-        close = False
-    else:
-        raw = open(path, "rb")  # noqa: SIM115 - closed below
-        close = True
-        try:
-            size = os.fstat(raw.fileno()).st_size
-        except OSError:
-            size = 0
-        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-            size = 0
-
-    def fraction() -> float | None:
-        if not size:
-            return None
-        try:
-            return raw.tell() / size
-        except OSError:
-            return None
-
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-    try:
-        yield text, fraction
-    finally:
-        if close:
-            text.close()
-        else:
-            text.detach()
-
-
 def _cmd_import(args: argparse.Namespace) -> int:
     default_queue = args.queue if args.queue is not None else "default"
     if args.dry_run:
@@ -805,7 +726,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     progress = Progress("rows read:") if sys.stderr.isatty() else None
     report: CsvImportReport | None = None
     try:
-        with _csv_input(args.file) as (source, fraction), _open_db(args, create=True) as db:
+        with csv_input(args.file) as (source, fraction), _open_db(args, create=True) as db:
             try:
                 report = import_csv(
                     db,
@@ -832,7 +753,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _import_dry_run(args: argparse.Namespace, default_queue: str) -> int:
     report = CsvImportReport()
-    with _csv_input(args.file) as (source, _fraction):
+    with csv_input(args.file) as (source, _fraction):
         for line, _record, error in read_rows(
             source, default_queue=default_queue, unescape=args.safe_formulas
         ):

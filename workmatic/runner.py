@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 
+import workmatic
+
 from .exceptions import WorkmaticError
 
 if TYPE_CHECKING:
@@ -329,8 +331,6 @@ def make_plan(value: Any, settings: Settings) -> Plan:
 
     :raises TargetError: the value is not a Worker, Orchestrator, list of workers or function.
     """
-    import workmatic
-
     ignored = sorted(settings.explicit & set(HANDLER_OPTIONS))
     if _is_orchestrator(value):
         workers = list(value.workers)
@@ -547,8 +547,6 @@ def _stop(plan: Plan, grace: float, stopper: _Stopper) -> bool:
 
 
 def _start_dashboard(plan: Plan, settings: Settings) -> Any:
-    import workmatic
-
     db = plan.db
     assert settings.dashboard_port is not None
     if db is None:

@@ -218,7 +218,7 @@ BackoffFn = Callable[[int], float]
 
 # --- CSV rows (the CLI's import format; used by workmatic/_csv.py)
 
-from .job import STATUSES, new_job_id  # noqa: E402
+from .job import STATUSES  # noqa: E402
 from .job import now_ms as current_ms  # noqa: E402
 
 #: Largest timestamp accepted: 9999-12-31T23:59:59.999Z, in epoch milliseconds.
@@ -268,11 +268,11 @@ def _epoch_ms(**kwargs: Any) -> CsvInteger:
 class CsvRowSchema(Schema):
     """One CSV row of ``workmatic import``, as the strings the ``csv`` module reads.
 
-    Only ``payload`` (JSON text) is required. Empty cells take the defaults: a generated
-    ``public_id``, ``default_queue``, status ``ready``, priority 0, attempts 0,
-    max_attempts 3, and "now" for ``run_at``, ``created_at`` and ``updated_at``; an empty or
-    ``0`` ``lease_until`` means no lease. ``load`` returns the record
-    :meth:`Database.import_jobs` takes.
+    Only ``payload`` (JSON text) is required. Empty cells take the defaults: no
+    ``public_id`` (the database gives the job one), ``default_queue``, status ``ready``,
+    priority 0, attempts 0, max_attempts 3, and "now" for ``run_at``, ``created_at`` and
+    ``updated_at``; an empty or ``0`` ``lease_until`` means no lease. ``load`` returns the
+    record :meth:`Database.import_jobs` takes.
 
     :param default_queue: the queue of rows without one.
     :param now_ms: "now" for the defaults, in epoch ms (the current time if ``None``).
@@ -369,8 +369,6 @@ class CsvRowSchema(Schema):
     @marshmallow.post_load
     def _fill_defaults(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         now = self.now_ms if self.now_ms is not None else current_ms()
-        if data["public_id"] is None:
-            data["public_id"] = new_job_id()
         if data["queue"] is None:
             data["queue"] = self.default_queue
         for name in ("run_at", "created_at", "updated_at"):

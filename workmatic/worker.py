@@ -307,7 +307,7 @@ class Worker:
             while running is not None:
                 running.greenlet = gevent.getcurrent()
                 if self._stopping or self._paused:
-                    outcome = ("release", running.rowid, running.token, now_ms())
+                    outcome = ("release", running.rowid, running.token, now_ms(), self.queue)
                 else:
                     outcome = self._execute(running)
                 running = self._finish(running, outcome)
@@ -319,7 +319,7 @@ class Worker:
         rowid, token = running.rowid, running.token
         try:
             if isinstance(job.payload, BrokenPayload):
-                return ("failed", rowid, token, now_ms(), "payload is not valid JSON")
+                return ("failed", rowid, token, now_ms(), self.queue, "payload is not valid JSON")
             if self.schema is not None:
                 try:
                     job = dataclasses.replace(job, payload=self.schema.load(job.payload))
@@ -329,6 +329,7 @@ class Worker:
                         rowid,
                         token,
                         now_ms(),
+                        self.queue,
                         f"payload failed its schema: {exc.messages}",
                     )
             handler = self._handler
@@ -357,16 +358,24 @@ class Worker:
                     rowid,
                     token,
                     now_ms(),
+                    self.queue,
                     f"result is not JSON-serialisable: {exc.messages['result'][0]}",
                 )
-            return ("done", rowid, token, now_ms(), text)
+            return ("done", rowid, token, now_ms(), self.queue, text)
         except _StopRequested:
-            return ("release", rowid, token, now_ms())
+            return ("release", rowid, token, now_ms(), self.queue)
         except gevent.GreenletExit:
-            return ("release", rowid, token, now_ms())
+            return ("release", rowid, token, now_ms(), self.queue)
         except PermanentError as exc:
             self.failed += 1
-            return ("failed", rowid, token, now_ms(), _error_text(exc, with_traceback=False))
+            return (
+                "failed",
+                rowid,
+                token,
+                now_ms(),
+                self.queue,
+                _error_text(exc, with_traceback=False),
+            )
         except Exception as exc:
             return self._failure(running, exc)
 
@@ -379,13 +388,14 @@ class Worker:
         attempts = job.attempts + 1
         now = now_ms()
         if attempts >= job.max_attempts:
-            return ("dead", running.rowid, running.token, now, error)
+            return ("dead", running.rowid, running.token, now, self.queue, error)
         delay_ms = round(self._retry_delay(attempts) * 1000)
         return (
             "retry",
             running.rowid,
             running.token,
             now,
+            self.queue,
             error,
             now + delay_ms,
             int(delay_ms <= 0),

@@ -1,0 +1,435 @@
+"""Faults: disk full, a read-only file, a corrupt file, a lock held for a long time, the
+file deleted under a running worker.
+
+Each fault runs in a subprocess (``tests/scripts/crash_fault.py``) with a timeout, so a
+hang fails the test instead of blocking the suite. Each must give a clear workmatic error
+(a :class:`workmatic.DatabaseError`) or a bounded retry, never a hang, never a lost or
+half-written job, and the worker must recover once the fault clears. Each test prints a
+``FIGURES`` line (``-s``) with what happened; docs/reliability.md sums them up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+from helpers import SCRIPTS, wait_for
+
+import workmatic
+
+try:
+    from pysqlite3 import dbapi2 as sqlite
+except ImportError:  # pragma: no cover - the fallback driver
+    import sqlite3 as sqlite  # type: ignore[no-redef]
+
+IS_ROOT = os.geteuid() == 0
+DATABASE_ERRORS = {
+    cls.__name__
+    for cls in (
+        workmatic.DatabaseError,
+        workmatic.DatabaseLockedError,
+        workmatic.DatabaseNotFoundError,
+        workmatic.SchemaError,
+        workmatic.DatabaseClosedError,
+    )
+}
+
+
+class Fault:
+    """A ``crash_fault.py`` subprocess: read its JSON phases with a deadline, talk to it."""
+
+    def __init__(self, tmp_path: Path, scenario: str, db_path: str, *extra: str) -> None:
+        self.acks = tmp_path / f"acks-{scenario}.txt"
+        self.log = tmp_path / f"{scenario}.log"
+        with self.log.open("w") as err:
+            self.popen = subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "crash_fault.py"), scenario, db_path,
+                 "--acks", str(self.acks), *extra],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+
+    def expect(self, phase: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The next JSON line, which must be ``phase``; fail (never hang) after timeout."""
+        assert self.popen.stdout is not None
+        readable, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        line = self.popen.stdout.readline() if readable else ""
+        assert line, f"no {phase!r} report within {timeout} s: {self.stderr()}"
+        data: dict[str, Any] = json.loads(line)
+        assert data["phase"] == phase, (data, self.stderr())
+        return data
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Wait for a clean exit (bounded)."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            raise AssertionError(f"hung: {self.stderr()}") from None
+        assert self.popen.returncode == 0, self.stderr()
+
+    def acked(self) -> list[str]:
+        return self.acks.read_text().split() if self.acks.exists() else []
+
+    def stderr(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def faults() -> Iterator[list[Fault]]:
+    started: list[Fault] = []
+    yield started
+    for fault in started:
+        fault.close()
+
+
+def start(faults: list[Fault], *args: Any) -> Fault:
+    fault = Fault(*args)
+    faults.append(fault)
+    return fault
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs of our own (root only), unmounted after the test."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if not IS_ROOT or run("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount),
+                          check=False).returncode:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    run("umount", "-l", str(mount), check=False)
+
+
+def integrity(path: str) -> str:
+    conn = sqlite.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def check_no_lost_or_partial_job(db_path: str, acked: list[str]) -> dict[str, int]:
+    """Every acknowledged job is there and done; nothing else was written; file intact."""
+    assert integrity(db_path) == "ok"
+    with workmatic.create_database(db_path, create=False) as db:
+        stored = {job.id: job for job in db.iter_jobs()}
+        stats = db.stats().as_dict()
+    assert set(stored) == set(acked), "exactly the acknowledged jobs are stored"
+    assert all(isinstance(job.payload, dict) for job in stored.values())
+    assert stats["done"] == stats["total"] == len(acked)
+    return stats
+
+
+# --- disk full ------------------------------------------------------------------------
+
+
+def test_disk_full_on_a_small_tmpfs_fails_clearly_and_recovers(
+    tmpfs: Path, tmp_path: Path, faults: list[Fault]
+) -> None:
+    ballast = tmpfs / "ballast"
+    ballast.write_bytes(b"\0" * (3 * 1024 * 1024))  # freed later to clear the fault
+    db_path = str(tmpfs / "jobs.db")
+    fault = start(faults, tmp_path, "fill", db_path)
+    full = fault.expect("full", timeout=90)
+    assert {e["type"] for e in full["errors"]} == {"DatabaseError"}
+    assert all("full" in e["error"] for e in full["errors"]), full["errors"]
+    ballast.unlink()
+    fault.send("free")
+    recovered = fault.expect("recovered", timeout=90)
+    fault.finish()
+    assert recovered["all_done"], recovered
+    stats = check_no_lost_or_partial_job(db_path, fault.acked())
+    print("FIGURES disk_full_tmpfs", json.dumps({"acked_before_full": full["acked"],
+          "error": full["errors"][0]["error"], "final": stats}))  # fmt: skip
+
+
+def test_disk_full_by_rlimit_fsize_fails_clearly_and_recovers(
+    tmp_path: Path, faults: list[Fault]
+) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    workmatic.create_database(db_path).close()
+    fault = start(faults, tmp_path, "fill", db_path, "--rlimit", str(1024 * 1024))
+    full = fault.expect("full", timeout=90)
+    assert {e["type"] for e in full["errors"]} == {"DatabaseError"}, full["errors"]
+    fault.send("free")
+    recovered = fault.expect("recovered", timeout=90)
+    fault.finish()
+    assert recovered["all_done"], recovered
+    stats = check_no_lost_or_partial_job(db_path, fault.acked())
+    print("FIGURES disk_full_rlimit", json.dumps({"acked_before_full": full["acked"],
+          "error": full["errors"][0]["error"], "final": stats}))  # fmt: skip
+
+
+# --- read-only ------------------------------------------------------------------------
+
+
+def make_db(path: str, jobs: int = 20) -> list[str]:
+    with workmatic.create_database(path) as db:
+        return workmatic.create_client(db, "q").add_many([{"n": k} for k in range(jobs)])
+
+
+def test_a_read_only_file_system_gives_clear_errors_and_writes_nothing(
+    tmpfs: Path, tmp_path: Path, faults: list[Fault]
+) -> None:
+    db_path = str(tmpfs / "jobs.db")
+    ids = make_db(db_path)
+    run("mount", "-o", "remount,ro", str(tmpfs))
+    try:
+        fault = start(faults, tmp_path, "ops", db_path)
+        steps = fault.expect("ops", timeout=60)["steps"]
+        fault.finish()
+    finally:
+        run("mount", "-o", "remount,rw", str(tmpfs))
+    outcomes = {name: step["type"] for name, step in steps.items()}
+    print("FIGURES read_only_fs", json.dumps(steps))
+    # Opening fails clearly (SQLite cannot create the WAL index), or it opens and every
+    # write fails clearly; either way, nothing is written.
+    assert set(outcomes.values()) <= DATABASE_ERRORS | {"ok"}, steps
+    if outcomes["open"] == "ok":
+        assert outcomes["add"] in DATABASE_ERRORS and outcomes["add_many"] in DATABASE_ERRORS
+    assert fault.acked() == []
+    # The fault cleared: the same file works again and the worker does every job.
+    recovered = start(faults, tmp_path, "ops", db_path)
+    steps = recovered.expect("ops", timeout=60)["steps"]
+    recovered.finish()
+    assert {step["type"] for step in steps.values()} == {"ok"}, steps
+    assert steps["worker"]["value"]["drained"]
+    check_no_lost_or_partial_job(db_path, ids + recovered.acked())
+
+
+def test_a_read_only_file_for_an_unprivileged_user(tmp_path: Path, faults: list[Fault]) -> None:
+    if IS_ROOT:
+        pytest.skip("root ignores permission bits (the read-only tmpfs test covers root)")
+    db_path = str(tmp_path / "jobs.db")
+    ids = make_db(db_path)
+    os.chmod(db_path, 0o444)
+    try:
+        fault = start(faults, tmp_path, "ops", db_path)
+        steps = fault.expect("ops", timeout=60)["steps"]
+        fault.finish()
+    finally:
+        os.chmod(db_path, 0o644)
+    assert {step["type"] for step in steps.values()} <= DATABASE_ERRORS | {"ok"}, steps
+    assert fault.acked() == []
+    with workmatic.create_database(db_path, create=False) as db:
+        assert {job.id for job in db.iter_jobs()} == set(ids)
+
+
+# --- corrupt --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["middle", "header"])
+def test_a_corrupt_file_gives_clear_errors_never_a_hang(
+    tmp_path: Path, faults: list[Fault], where: str
+) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    with workmatic.create_database(db_path) as db:
+        workmatic.create_client(db, "q").add_many([{"n": k, "pad": "z" * 300} for k in range(3000)])
+    size = os.path.getsize(db_path)
+    rng = random.Random(where)
+    offset = size // 2 if where == "middle" else 0
+    with open(db_path, "r+b") as f:
+        f.seek(offset)
+        f.write(rng.randbytes(16 * 1024 if where == "middle" else 100))
+    fault = start(faults, tmp_path, "ops", db_path)
+    steps = fault.expect("ops", timeout=60)["steps"]
+    fault.finish()
+    print(f"FIGURES corrupt_{where}", json.dumps({k: v["type"] for k, v in steps.items()}))
+    outcomes = {step["type"] for step in steps.values()}
+    assert outcomes <= DATABASE_ERRORS | {"ok"}, steps
+    assert outcomes & DATABASE_ERRORS, "the corruption was noticed somewhere"
+    if where == "header":
+        assert steps["open"]["type"] == "DatabaseError"
+        assert "not an SQLite database" in steps["open"]["error"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "workmatic.cli", "stats", db_path],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode in (0, 1) and "Traceback" not in cli.stderr, cli.stderr
+    if cli.returncode == 1:
+        assert cli.stderr.startswith("workmatic: error:"), cli.stderr
+
+
+# --- locked ---------------------------------------------------------------------------
+
+
+def test_a_lock_held_for_long_gives_database_locked_and_the_worker_recovers(
+    tmp_path: Path, faults: list[Fault]
+) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    workmatic.create_database(db_path).close()
+    fault = start(faults, tmp_path, "locked", db_path)
+    fault.expect("added")
+    holder = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "lock_holder.py"), db_path, "4"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        fault.send("locked")
+        report = fault.expect("locked", timeout=90)
+        fault.finish()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    print("FIGURES locked", json.dumps(report))
+    assert report["add"]["type"] == "DatabaseLockedError", report
+    assert "lock_timeout" in report["add"]["error"]
+    assert 0.9 <= report["add_seconds"] <= 3.0  # lock_timeout=1: bounded, not forever
+    assert report["max_hub_stall"] < 0.5  # the wait never froze the hub
+    assert report["all_done"] and report["stats"]["done"] == 50, report
+    assert report["stats"]["total"] == 50  # the refused add wrote nothing
+
+
+EXCLUSIVE_HOLDER = """
+import sys, time
+try:
+    from pysqlite3 import dbapi2 as sqlite
+except ImportError:
+    import sqlite3 as sqlite
+conn = sqlite.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("CREATE TABLE IF NOT EXISTS held (x)")
+conn.execute("COMMIT")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.close()
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: create_database() raises DatabaseLockedError at once, ignoring"
+    " lock_timeout, when another process holds the lock while it opens (the PRAGMAs of"
+    " Database._configure are not retried)",
+)
+def test_open_waits_for_a_lock_held_elsewhere(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    make_db(db_path, jobs=3)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", EXCLUSIVE_HOLDER, db_path, "2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        # lock_timeout=30: opening must wait (cooperatively) for the 2 s lock, not fail.
+        with workmatic.create_database(db_path, lock_timeout=30) as db:
+            assert db.stats().total == 3
+        assert time.monotonic() - began < 30
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+# --- deleted --------------------------------------------------------------------------
+
+
+def delete_files(db_path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(db_path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def test_the_file_deleted_under_a_running_worker_never_hangs(
+    tmp_path: Path, faults: list[Fault]
+) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    fault = start(faults, tmp_path, "deleted", db_path)
+    fault.expect("running")
+    delete_files(db_path)
+    fault.send("deleted")
+    report = fault.expect("deleted", timeout=60)
+    fault.finish()
+    print("FIGURES deleted", json.dumps(report))
+    assert set(report["adds"]) <= DATABASE_ERRORS | {"ok"}, report
+    assert report["drained"] or set(report["adds"]) <= DATABASE_ERRORS
+    # A process that opens the path now gets a new, empty database, never a broken one.
+    with workmatic.create_database(db_path) as db:
+        assert db.stats().total == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: add() keeps acknowledging jobs into a database file that was deleted"
+    " (SQLite writes to the unlinked inode); they vanish when the process exits",
+)
+def test_add_after_the_file_was_deleted_is_an_error_not_a_lost_job(
+    tmp_path: Path, faults: list[Fault]
+) -> None:
+    db_path = str(tmp_path / "jobs.db")
+    fault = start(faults, tmp_path, "deleted", db_path)
+    fault.expect("running")
+    delete_files(db_path)
+    fault.send("deleted")
+    report = fault.expect("deleted", timeout=60)
+    fault.finish()
+    acked_after = fault.acked()[100:]
+    assert report["adds"].get("ok", 0) == 0 and acked_after == [], report
+
+
+# --- lease bookkeeping ------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: the renewer logs 'lost the lease' for jobs its own worker has just"
+    " finished (the finish commits before the renewal of the same job)",
+)
+def test_no_false_lost_lease_warnings(
+    db: workmatic.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="workmatic.worker")
+    client = workmatic.create_client(db, "q")
+    client.add_many([{"n": k} for k in range(3000)])
+    runs: dict[str, int] = {}
+    rng = random.Random(3)
+
+    def handler(job: workmatic.Job) -> None:
+        runs[job.id] = runs.get(job.id, 0) + 1
+        gevent.sleep(rng.uniform(0, 0.004))
+
+    worker = workmatic.create_worker(db, "q", concurrency=16, lease=0.3, handler=handler)
+    worker.start()
+    try:
+        wait_for(lambda: db.stats("q").done == 3000, timeout=60)
+    finally:
+        worker.stop()
+    assert max(runs.values()) == 1  # no job was really lost: each ran once
+    lost = [r.getMessage() for r in caplog.records if "lost the lease" in r.getMessage()]
+    assert lost == [], lost[:3]
