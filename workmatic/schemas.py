@@ -52,7 +52,7 @@ class StrictInteger(fields.Integer):
         return int(value)
 
 
-class Seconds(fields.Field):  # type: ignore[type-arg]
+class Seconds(fields.Field[float]):
     """A duration in seconds: an ``int``, a finite ``float`` or a ``datetime.timedelta``."""
 
     default_error_messages = {
