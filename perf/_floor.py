@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from _common import Result, import_workmatic, payloads, rate
@@ -33,7 +34,7 @@ from workmatic import job as _job  # noqa: E402
 from workmatic.job import now_ms  # noqa: E402
 
 #: What ``Client.add`` puts first in an insert row (a nonce, or a public id before).
-_first_column = getattr(_job, "new_nonce", None) or _job.new_job_id
+_first_column: Callable[[], Any] = getattr(_job, "new_nonce", None) or _job.new_job_id
 
 QUEUE = "bench"
 PRAGMAS = (
@@ -68,7 +69,7 @@ def commit(conn: Any) -> None:
     conn.execute("COMMIT")
 
 
-def new_rows(count: int, start: int = 0) -> list[_sql.NewJob]:
+def new_rows(count: int, start: int = 0) -> list[Any]:
     """Return *count* insert rows shaped exactly as ``Client.add`` builds them."""
     now = now_ms()
     return [

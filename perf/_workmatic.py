@@ -38,10 +38,26 @@ def describe(db: Any) -> dict[str, Any]:
     }
 
 
-def _wait_processed(worker: Any, jobs: int, done: Countdown, timeout: float = 600) -> None:
-    """Wait until *jobs* handlers ran and their completions are committed."""
-    done.event.wait(timeout)
-    wait_until(lambda: worker.processed >= jobs, timeout)
+class Stuck(Exception):
+    """The worker stopped making progress (a core bug): report it instead of hanging."""
+
+
+def _wait_processed(worker: Any, jobs: int, done: Countdown, stall: float = 60) -> None:
+    """Wait until *jobs* handlers ran and their completions are committed.
+
+    :raises Stuck: no progress for *stall* seconds.
+    """
+    last = (-1, -1)
+    while True:
+        if done.event.wait(stall) and wait_until(lambda: worker.processed >= jobs, stall):
+            return
+        now = (done.count, worker.processed)
+        if now == last or done.event.is_set():
+            raise Stuck(
+                f"no progress for {stall:g} s: {done.count} handler calls, "
+                f"{worker.processed} processed, {worker.active} held, of {jobs}"
+            )
+        last = now
 
 
 def _worker(db: Any, concurrency: int, handler: Any, **options: Any) -> Any:
@@ -60,7 +76,6 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
     client = workmatic.create_client(db, QUEUE)
     items = payloads(jobs)
     done = Countdown(jobs)
-    concurrency = int(options.get("concurrency", 1))
     sleep_for = float(options.get("sleep", 0.0))
 
     def handler(job: Any) -> None:
@@ -69,6 +84,34 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
         done.hit()
 
     result: Result = describe(db)
+    try:
+        elapsed, stall_ms = _run_case(case, db, client, items, handler, done, options)
+    except Stuck as exc:
+        result["error"] = f"{exc}; stats {db.stats().as_dict()}"
+        return result
+    result.update(
+        {"jobs": jobs, "seconds": elapsed, "rate": rate(jobs, elapsed), "stall_ms": stall_ms}
+    )
+    stats = db.stats()
+    expected = "done" if case in ("process", "mixed") else "ready"
+    if getattr(stats, expected) != jobs:
+        result["warning"] = f"expected {jobs} {expected} jobs, found {stats.as_dict()}"
+    db.close()
+    return result
+
+
+def _run_case(
+    case: str,
+    db: Any,
+    client: Any,
+    items: list[dict[str, Any]],
+    handler: Any,
+    done: Countdown,
+    options: dict[str, Any],
+) -> tuple[float, float]:
+    """Run the timed part of *case*; return (seconds, largest hub stall in ms)."""
+    jobs = len(items)
+    concurrency = int(options.get("concurrency", 1))
     with HubMonitor() as monitor:
         if case == "seq_add":
             monitor.start()
@@ -124,20 +167,7 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
             worker.stop()
         else:
             raise SystemExit(f"workmatic: unknown case {case!r}")
-    result.update(
-        {
-            "jobs": jobs,
-            "seconds": elapsed,
-            "rate": rate(jobs, elapsed),
-            "stall_ms": monitor.max_gap_ms,
-        }
-    )
-    stats = db.stats()
-    expected = "done" if case in ("process", "mixed") else "ready"
-    if getattr(stats, expected) != jobs:
-        result["warning"] = f"expected {jobs} {expected} jobs, found {stats.as_dict()}"
-    db.close()
-    return result
+    return elapsed, monitor.max_gap_ms
 
 
 def build_large(path: str, ready: int, delayed: int) -> Result:
@@ -166,14 +196,18 @@ def _run_large(path: str, durability: str, jobs: int, options: dict[str, Any]) -
     db = workmatic.create_database(path, durability=durability, create=False)
     done = Countdown(jobs)
     worker = _worker(db, int(options.get("concurrency", 16)), lambda job: done.hit())
+    result = describe(db)
     with HubMonitor() as monitor:
         monitor.start()
         start = time.perf_counter()
         worker.start()
-        _wait_processed(worker, jobs, done)
+        try:
+            _wait_processed(worker, jobs, done)
+        except Stuck as exc:
+            result["error"] = str(exc)
+            return result
         elapsed = time.perf_counter() - start
     worker.stop()
-    result = describe(db)
     result.update(
         {
             "jobs": jobs,

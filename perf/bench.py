@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     parser.add_argument("--only", metavar="KEYS", help="comma-separated row keys to run")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per measurement")
     # Internal: one measurement / building a prefilled file / a producer process.
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)

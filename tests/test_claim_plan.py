@@ -28,7 +28,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> workmatic.Database:
 
 
 def test_claim_select_uses_the_claim_index_without_sorting(big: workmatic.Database) -> None:
-    text = plan(big._reader().raw, _sql._SELECT_DUE, ("q", 64))
+    text = plan(big._reader().raw, _sql._SELECT_DUE.format(limit=64), ("q",))
     assert "jobs_claim" in text
     assert "TEMP B-TREE" not in text
 

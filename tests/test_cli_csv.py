@@ -286,6 +286,23 @@ def test_a_bad_file_does_not_create_the_database(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_import_never_adds_tables_to_a_foreign_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other-app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    result = run_cli("import", path, "-", input="payload\n1\n")
+    assert result.returncode == 1
+    assert "not a workmatic database" in one_line_error(result.stderr)
+    conn = sqlite3.connect(path)
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    conn.close()
+    assert tables == ["invoices"]
+
+
 def test_skip_invalid_imports_the_rest(tmp_path: Path) -> None:
     path = make_db(tmp_path / "jobs.db")
     data = "payload,priority\n1,0\n2,x\n3,0\n{,0\n5,0\n"
@@ -389,3 +406,15 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
     assert b"\rexported 20,000 of 20,000 (100%)\r\n" in shown
     piped = run_cli("export", path, tmp_path / "p.csv")
     assert piped.stderr == ""
+
+
+def test_a_stored_payload_that_is_not_json_is_exported_raw(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "jobs.db")
+    with workmatic.create_database(str(path)) as db:  # written by some other tool
+        db.import_jobs([{"public_id": "b1", "payload": "{broken", "queue": "default"}])
+    assert "{broken" in run_cli("list", path).stdout
+    exported = run_cli_bytes("export", path).stdout.decode()
+    assert "\r\nb1,default,{broken,ready," in exported
+    result = run_cli("import", tmp_path / "copy.db", "-", input=exported)
+    assert result.returncode == 1
+    assert result.stderr.startswith("line 2: payload: Not valid JSON")

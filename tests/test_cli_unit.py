@@ -10,6 +10,8 @@ from pathlib import Path
 import marshmallow
 import pytest
 from cli_helpers import make_db, seed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import workmatic
 from workmatic import _csv, cli, runner
@@ -257,3 +259,50 @@ def test_export_import_helpers_in_process(tmp_path: Path) -> None:
         assert _csv.export_csv(db, out, status="dead") == 1
     lines = out.getvalue().split("\r\n")
     assert lines[0] == ",".join(_csv.COLUMNS) and ",2,dead," in lines[1] and lines[2] == ""
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _TEXT
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "payload": _JSON,
+                "queue": _TEXT.filter(lambda s: len(s) > 0),
+                "last_error": st.none() | _TEXT,
+                "result": st.none() | _JSON.filter(lambda v: v is not None),
+                "key": st.none() | _TEXT.filter(lambda s: len(s) > 0),
+                "status": st.sampled_from(["ready", "done", "failed", "dead"]),
+                "priority": st.integers(-1000, 1000),
+            }
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    safe=st.booleans(),
+)
+def test_csv_round_trip_property(rows: list[dict[str, object]], safe: bool) -> None:
+    """Whatever the text, export -> import gives the same jobs (with or without
+    --safe-formulas on both sides)."""
+    records = []
+    for i, row in enumerate(rows):
+        record = dict(row, public_id=f"id{i}", payload=json.dumps(row["payload"]))
+        record["result"] = None if row["result"] is None else json.dumps(row["result"])
+        record["last_error"] = row["last_error"] or None
+        records.append(CsvRowSchema().load({k: v for k, v in record.items() if v is not None}))
+    with workmatic.create_database(":memory:") as source:
+        source.import_jobs(records)
+        out = io.StringIO(newline="")
+        _csv.export_csv(source, out, safe_formulas=safe)
+        with workmatic.create_database(":memory:") as copy:
+            report = _csv.import_csv(copy, io.StringIO(out.getvalue(), newline=""), unescape=safe)
+            assert (report.inserted, report.invalid) == (len(rows), 0)
+            assert list(copy.iter_jobs()) == list(source.iter_jobs())

@@ -12,7 +12,7 @@ from pathlib import Path
 import gevent
 import gevent.pool
 import pytest
-from helpers import script
+from helpers import script, wait_for
 
 import workmatic
 from workmatic import _sql
@@ -235,3 +235,24 @@ def test_closed_database_raises(db_path: str) -> None:
     with pytest.raises(workmatic.DatabaseClosedError):
         workmatic.create_client(db).add({})
     assert db.is_closed
+
+
+def test_the_wal_is_checkpointed_off_the_hub(db: workmatic.Database, db_path: str) -> None:
+    """SQLite's automatic checkpoint would run (and fsync) inside a commit on the hub; the
+    checkpointer copies the WAL into the database file from a thread instead."""
+    client = workmatic.create_client(db)
+    for i in range(300):
+        client.add({"n": i})
+
+    def in_main_file() -> int:
+        # immutable=1 reads the database file alone, ignoring the WAL.
+        conn = sqlite3.connect(f"file:{db_path}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the schema is in the file yet
+            return -1
+        finally:
+            conn.close()
+
+    assert db._writer().conn.raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 10_000
+    wait_for(lambda: in_main_file() == 300, timeout=10)

@@ -36,7 +36,7 @@ import workmatic
 try:
     from pysqlite3 import dbapi2 as sqlite
 except ImportError:  # pragma: no cover - the fallback driver
-    import sqlite3 as sqlite  # type: ignore[no-redef]
+    import sqlite3 as sqlite
 
 QUEUE = "crash"
 #: Jobs in the big run, split between the two producers.
@@ -80,6 +80,7 @@ class Figures:
     duplicate_runs_explained_by_a_kill: int = 0
     duplicate_runs_unexplained: int = 0
     overlapping_runs: int = 0
+    claims_killed_before_the_handler_started: int = 0
     jobs_lost: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -240,6 +241,9 @@ def analyse(
                 figures.problems.append(f"{job.id}: runs by {first} and {second} overlap")
         if job.attempts < len(runs) - 1:
             figures.problems.append(f"{job.id}: {len(runs)} runs but attempts={job.attempts}")
+        # Each expired lease counts an attempt; one with no run recorded was a claim whose
+        # worker died before the handler started.
+        figures.claims_killed_before_the_handler_started += job.attempts - (len(runs) - 1)
         if job.attempts and "lease expired" not in (job.last_error or ""):
             figures.problems.append(f"{job.id}: attempts={job.attempts}, {job.last_error!r}")
     return figures

@@ -31,7 +31,7 @@ import workmatic
 try:
     from pysqlite3 import dbapi2 as sqlite
 except ImportError:  # pragma: no cover - the fallback driver
-    import sqlite3 as sqlite  # type: ignore[no-redef]
+    import sqlite3 as sqlite
 
 IS_ROOT = os.geteuid() == 0
 DATABASE_ERRORS = {

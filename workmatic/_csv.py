@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 import marshmallow
 
 from .exceptions import ValidationError
+from .job import BrokenPayload
 from .schemas import CsvRowSchema
 
 if TYPE_CHECKING:
@@ -208,11 +209,15 @@ def _json_text(value: Any) -> str:
 
 
 def job_to_row(job: Job) -> list[str]:
-    """Return a job's CSV cells, in :data:`COLUMNS` order."""
+    """Return a job's CSV cells, in :data:`COLUMNS` order.
+
+    A payload whose stored JSON is broken is written as its raw text (import rejects it).
+    """
+    payload = job.payload
     return [
         job.id,
         job.queue,
-        _json_text(job.payload),
+        payload if isinstance(payload, BrokenPayload) else _json_text(payload),
         job.status,
         str(job.priority),
         _ms(job.run_at),
@@ -403,6 +408,8 @@ def read_rows(
     """
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(source, strict=True)
+    if now_ms is None:  # one "now" for the whole file
+        now_ms = time.time_ns() // 1_000_000
     schema = CsvRowSchema(default_queue=default_queue, now_ms=now_ms)
     try:
         first = next(reader, None)

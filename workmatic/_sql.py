@@ -21,6 +21,9 @@ Design notes:
   :func:`flush_counts` once before each commit (:func:`discard_counts` on rollback), so a
   group commit of many jobs costs one upsert per (queue, status) it touched.
   :func:`recount` rebuilds it from the jobs (after a file was edited by hand).
+* Limits are written into the SQL as literals, never bound: pysqlite3's SQLite is built
+  with STAT4, which re-prepares a statement whenever a bound value the planner looked at
+  changes (a bound ``LIMIT ?`` made every claim re-parse and re-plan its statement).
 * ``token`` is the fencing token: each claim increments it, and completion, failure,
   renewal and release apply only with the token of the claim that took the job.
 """
@@ -179,9 +182,9 @@ def _tally(
     else:
         sql = (
             f"SELECT queue, status, count(*) FROM (SELECT queue, status FROM jobs{where}"
-            " ORDER BY id LIMIT ?) GROUP BY queue, status"
+            f" ORDER BY id LIMIT {int(limit)}) GROUP BY queue, status"
         )
-        rows = conn.execute(sql, (*params, limit))
+        rows = conn.execute(sql, params)
     return {(str(q), str(st)): int(n) for q, st, n in rows.fetchall()}
 
 
@@ -337,7 +340,7 @@ _PROMOTE = (
 _SELECT_DUE = (
     "SELECT id FROM jobs WHERE queue = ?1 AND status = 'ready' AND due = 1"
     " AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1)"
-    " ORDER BY priority, id LIMIT ?2"
+    " ORDER BY priority, id LIMIT {limit}"
 )
 _TAKE = (
     "UPDATE jobs SET status = 'running', lease_until = ?, token = token + 1, updated_at = ?"
@@ -380,7 +383,8 @@ def claim(
     if promote or now - _promoted.get(mark, 0) >= PROMOTE_EVERY_MS:
         conn.execute(_PROMOTE, (queue, now))
         _promoted[mark] = now
-    ids = [row[0] for row in conn.execute(_SELECT_DUE, (queue, limit)).fetchall()]
+    select = _SELECT_DUE.format(limit=int(limit))  # a literal: see the module notes
+    ids = [row[0] for row in conn.execute(select, (queue,)).fetchall()]
     if not ids:
         return []
     sql = _TAKE.format(marks=",".join("?" * len(ids)))
@@ -592,8 +596,10 @@ def list_jobs(
 ) -> list[tuple[Any, ...]]:
     """Jobs newest first."""
     where, params = _where(queue, statuses)
-    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id DESC LIMIT ? OFFSET ?"
-    return list(conn.execute(sql, (*params, limit, offset)).fetchall())
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id DESC LIMIT {int(limit)}"
+    if offset:
+        sql += f" OFFSET {int(offset)}"
+    return list(conn.execute(sql, params).fetchall())
 
 
 def page_jobs(
@@ -602,8 +608,8 @@ def page_jobs(
     """Jobs in insertion order with rowid greater than ``after`` (keyset pagination)."""
     where, params = _where(queue, statuses)
     where = f"{where} AND id > ?" if where else " WHERE id > ?"
-    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id LIMIT ?"
-    return list(conn.execute(sql, (*params, after, limit)).fetchall())
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id LIMIT {int(limit)}"
+    return list(conn.execute(sql, (*params, after)).fetchall())
 
 
 def count_jobs(conn: Any, queue: str | None, statuses: Sequence[str] | None) -> int:
@@ -630,6 +636,12 @@ def count_by_queue(conn: Any) -> tuple[dict[str, dict[str, int]], dict[str, bool
             counts.setdefault(str(queue), {})[str(status)] = int(n)
     paused = {str(name): bool(p) for name, p in conn.execute("SELECT name, paused FROM queues")}
     return counts, paused
+
+
+def checkpoint(conn: Any) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(PASSIVE)``: (busy, WAL frames, frames checkpointed)."""
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def data_version(conn: Any) -> int:
@@ -695,9 +707,12 @@ def transfer(
     where, params = _where(source, statuses)
     sets = f"queue = ?, {_RESET}" if reset else "queue = ?"
     values: list[Any] = [target, now, now] if reset else [target]
-    sql = f"UPDATE jobs SET {sets} WHERE id IN (SELECT id FROM jobs{where} ORDER BY id LIMIT ?)"
+    sql = (
+        f"UPDATE jobs SET {sets} WHERE id IN"
+        f" (SELECT id FROM jobs{where} ORDER BY id LIMIT {int(limit)})"
+    )
     tally = _tally(conn, where, params, limit)
-    n = int(conn.execute(sql, (*values, *params, limit)).rowcount)
+    n = int(conn.execute(sql, (*values, *params)).rowcount)
     for (_, status), k in tally.items():
         _bump(conn, source, status, -k)
         _bump(conn, target, "ready" if reset else status, k)

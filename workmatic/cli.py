@@ -52,7 +52,7 @@ from .exceptions import (
     JobNotFoundError,
     WorkmaticError,
 )
-from .job import STATUSES, JobStats, QueueInfo
+from .job import STATUSES, BrokenPayload, JobStats, QueueInfo
 
 if TYPE_CHECKING:
     from .database import Database
@@ -540,7 +540,7 @@ def _counts(stats: JobStats) -> list[str]:
 
 
 def _payload_text(value: Any) -> str:
-    if isinstance(value, str) and type(value) is not str:  # BrokenPayload: raw text
+    if isinstance(value, BrokenPayload):  # the stored JSON is broken: show the raw text
         return value
     return json.dumps(value, ensure_ascii=False)
 
@@ -726,7 +726,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     progress = Progress("rows read:") if sys.stderr.isatty() else None
     report: CsvImportReport | None = None
     try:
-        with csv_input(args.file) as (source, fraction), _open_db(args, create=True) as db:
+        with csv_input(args.file) as (source, fraction), _open_db(args, create=not existed) as db:
             try:
                 report = import_csv(
                     db,

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import gevent
 from marshmallow import Schema
 
 from . import _sql
@@ -105,6 +106,8 @@ class Client:
         rows = []
         errors: dict[int, Any] = {}
         for index, payload in enumerate(payloads):
+            if index % 1000 == 999:
+                gevent.sleep(0)  # serialising 100k payloads takes a while: let others run
             try:
                 text = dump_payload(payload, self.schema)
             except ValidationError as exc:

@@ -66,6 +66,10 @@ MAX_BATCH = 1000
 OFFLOAD_ROWS = 2000
 #: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
 WATCH_INTERVAL = 0.005
+#: How often (seconds) the checkpointer copies the WAL back into the database, in a thread.
+CHECKPOINT_INTERVAL = 0.25
+#: WAL pages after which SQLite checkpoints inside a commit, should the checkpointer lag.
+AUTOCHECKPOINT_PAGES = 10_000
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -176,6 +180,7 @@ class _Writer:
         self.pending: list[_Request] = []
         self.wake = gevent.event.Event()
         self.commits = 0
+        self.checkpointer: gevent.Greenlet | None = None
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = "workmatic-writer"
 
@@ -412,6 +417,9 @@ class Database:
             raw.execute("PRAGMA busy_timeout = 0")
             raw.execute(f"PRAGMA synchronous = {_DURABILITY[self.durability]}")
             raw.execute("PRAGMA temp_store = MEMORY")
+            if self.path is not None:
+                # Checkpoints run in a thread (see _checkpoints); this is only the backstop.
+                raw.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         except conn.errors as exc:
             raise self._translate(exc) from exc
         self._all_conns.append(conn)
@@ -452,7 +460,33 @@ class Database:
         if writer is None or writer.hub is not gevent.get_hub() or writer.greenlet.dead:
             conn = self._shared if self._shared is not None else self._connect()
             writer = self._writers[ident] = _Writer(self, conn)
+            if self.path is not None and self._shared is None:
+                writer.checkpointer = gevent.spawn(self._checkpoints, writer)
         return writer
+
+    def _checkpoints(self, writer: _Writer) -> None:
+        """Copy the WAL back into the database every CHECKPOINT_INTERVAL after commits, with
+        ``wal_checkpoint(PASSIVE)`` in a real thread: the fsyncs of a checkpoint never run on
+        the hub (SQLite's automatic checkpoint would run them inside a commit)."""
+        done = 0
+        pool = writer.hub.threadpool
+        while not self._closed:
+            gevent.sleep(CHECKPOINT_INTERVAL)
+            if writer.commits == done or self._closed:
+                continue
+            done = writer.commits
+            pool.spawn(self._checkpoint_in_thread).get()
+
+    def _checkpoint_in_thread(self) -> None:
+        conn = self._reader()
+        conn.acquire(True)
+        try:
+            if not self._closed:
+                _sql.checkpoint(conn.raw)
+        except conn.errors as exc:  # busy (another checkpoint), or the file went away
+            log.debug("%s: checkpoint skipped: %s", self._label, exc)
+        finally:
+            conn.lock.release()
 
     def _translate(self, exc: BaseException) -> DatabaseError:
         if isinstance(exc, DatabaseError):
@@ -626,6 +660,9 @@ class Database:
         for watcher in list(self._watchers.values()):
             if getattr(watcher, "parent", None) is hub:
                 watcher.kill(block=False)
+        for writer in list(self._writers.values()):
+            if writer.checkpointer is not None and writer.hub is hub:
+                writer.checkpointer.kill()
         for conn in self._all_conns:
             conn.acquire(False)
             try:

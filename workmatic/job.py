@@ -23,12 +23,26 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_datetimes: dict[object, datetime] = {}
+
+
 def ms_to_datetime(ms: object) -> datetime:
-    """Convert stored epoch milliseconds to an aware UTC datetime (the epoch if unreadable)."""
+    """Convert stored epoch milliseconds to an aware UTC datetime (the epoch if unreadable).
+
+    Timestamps repeat a lot (a batch shares its ``created_at``, a claim its ``updated_at``
+    and ``lease_until``), so recent conversions are memoised.
+    """
+    value = _datetimes.get(ms)
+    if value is not None:
+        return value
     try:
-        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)  # type: ignore[call-overload]
+        value = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError, OSError):
         return _EPOCH
+    if len(_datetimes) >= 4096:
+        _datetimes.clear()
+    _datetimes[ms] = value
+    return value
 
 
 def datetime_to_ms(value: datetime) -> int:

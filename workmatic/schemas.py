@@ -247,6 +247,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 class JsonText(fields.String):
     """JSON text, kept exactly as given once it is known to decode (no NaN or Infinity)."""
 
@@ -255,7 +258,7 @@ class JsonText(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
         try:
-            json.loads(text, parse_constant=_reject_constant)
+            _STRICT_JSON.decode(text)
         except (ValueError, RecursionError) as exc:
             raise self.make_error("json", error=str(exc).rstrip(".")) from None
         return text
@@ -313,6 +316,7 @@ class CsvRowSchema(Schema):
         super().__init__(**kwargs)
         self.default_queue = validate_queue(default_queue)
         self.now_ms = now_ms
+        self._memo: dict[str, dict[str, Any]] = {name: {} for name in self.MEMOISED}
 
     #: Columns whose values repeat from row to row: :meth:`load_row` memoises their checks.
     MEMOISED = frozenset(
@@ -331,7 +335,7 @@ class CsvRowSchema(Schema):
         fields_ = self.load_fields
         if not row.keys() <= fields_.keys():
             return self.load(row)  # type: ignore[no-any-return]  # it reports them
-        memo = self.__dict__.setdefault("_memo", {name: {} for name in self.MEMOISED})
+        memo = self._memo
         data: dict[str, Any] = {}
         errors: dict[str, Any] = {}
         for name, field in fields_.items():
