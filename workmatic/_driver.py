@@ -3,10 +3,9 @@ library's ``sqlite3``."""
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
-
-import importlib
 
 sqlite: ModuleType
 try:

@@ -38,7 +38,6 @@ from .exceptions import (
     ValidationError,
 )
 from .job import (
-    new_nonce as _nonce,
     STATUSES,
     ImportResult,
     Job,
@@ -47,6 +46,9 @@ from .job import (
     decode_json,
     ms_to_datetime,
     now_ms,
+)
+from .job import (
+    new_nonce as _nonce,
 )
 from .schemas import validate_queue
 
@@ -290,6 +292,7 @@ class _Writer:
             else:
                 outcomes = self._run_grouped(raw, batch)
             _sql.flush_counts(raw)
+            self.db._check_file()
             self._commit(deadline)
         except BaseException as exc:
             _sql.discard_counts(raw)
@@ -403,8 +406,15 @@ class Database:
 
                 self._uri = f"file:{quote(self.path)}?mode={mode}"
         self._label = self.path or ":memory:"
+        self._identity: tuple[str, int, int] | None = None
         try:
             self._setup(create)
+            if self.path is not None and self._uri:
+                st = os.stat(self.path)
+                self._identity = (self.path, st.st_dev, st.st_ino)
+        except OSError as exc:
+            self.close()
+            raise DatabaseError(f"{self._label}: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -413,15 +423,17 @@ class Database:
 
     def _configure(self, raw: Any) -> _Conn:
         conn = _Conn(raw)
-        try:
+
+        def pragmas(raw: Any) -> None:
             raw.execute("PRAGMA busy_timeout = 0")
             raw.execute(f"PRAGMA synchronous = {_DURABILITY[self.durability]}")
             raw.execute("PRAGMA temp_store = MEMORY")
             if self.path is not None:
                 # Checkpoints run in a thread (see _checkpoints); this is only the backstop.
                 raw.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-        except conn.errors as exc:
-            raise self._translate(exc) from exc
+
+        # Another process may hold the lock while we open: wait for it like any write.
+        self._with_retry(conn, pragmas, (), False)
         self._all_conns.append(conn)
         return conn
 
@@ -444,6 +456,22 @@ class Database:
             self._watchers.clear()
             self._subscribers.clear()
             self._all_conns = [c for c in self._all_conns if c is self._shared]
+
+    def _check_file(self) -> None:
+        """Refuse to commit into a database file that was deleted or replaced since it was
+        opened: SQLite would go on writing to the unlinked file, and the jobs would vanish
+        with the process."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self._identity[0])
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity[1:]:
+            raise DatabaseError(
+                f"{self._label}: the database file was deleted or replaced while open;"
+                " nothing was written (open the new file, or restore the old one)"
+            )
 
     def _reader(self) -> _Conn:
         if self._shared is not None:

@@ -59,13 +59,14 @@ class _StopRequested(BaseException):
 
 
 class _Running:
-    __slots__ = ("greenlet", "in_handler", "job", "lost", "rowid", "token")
+    __slots__ = ("finishing", "greenlet", "in_handler", "job", "lost", "rowid", "token")
 
     def __init__(self, job: Job, rowid: int, token: int) -> None:
         self.job = job
         self.rowid = rowid
         self.token = token
         self.in_handler = False
+        self.finishing = False
         self.lost = False
         self.greenlet: gevent.Greenlet | None = None
 
@@ -414,6 +415,7 @@ class Worker:
 
     def _finish(self, running: _Running, outcome: _sql.Outcome) -> _Running | None:
         """Record the outcome and claim this slot's next job in the same transaction."""
+        running.finishing = True  # the renewer leaves it alone from now on
         delay = 0.05
         while True:
             want = 0 if (self._stopping or self._paused) else 1
@@ -454,7 +456,9 @@ class Worker:
         interval = max(0.01, self.lease / 3)
         while True:
             gevent.sleep(interval)
-            leases = [(r.rowid, r.token) for r in self._running.values() if not r.lost]
+            leases = [
+                (r.rowid, r.token) for r in self._running.values() if not (r.lost or r.finishing)
+            ]
             if not leases:
                 continue
             try:
@@ -465,7 +469,7 @@ class Worker:
                 continue
             for rowid in lost:
                 running = self._running.get(rowid)
-                if running is not None and not running.lost:
+                if running is not None and not (running.lost or running.finishing):
                     running.lost = True
                     log.warning("worker %s: lost the lease of job %s", self.id, running.job.id)
 
