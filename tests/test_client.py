@@ -187,3 +187,17 @@ def test_pause_is_persisted_for_every_process(db: workmatic.Database, db_path: s
         assert [q.name for q in other.queues() if q.is_paused] == ["q"]
     client.resume()
     assert not client.is_paused
+
+
+def test_as_dict_millisecond_fields_are_exact(memdb: workmatic.Database) -> None:
+    from workmatic.job import datetime_to_ms, ms_to_datetime
+
+    assert all(
+        datetime_to_ms(ms_to_datetime(ms)) == ms
+        for ms in range(1_764_790_000_000, 1_764_790_005_000)
+    )
+    job = workmatic.create_client(memdb).get(workmatic.create_client(memdb).add({}))
+    assert job is not None
+    data = job.as_dict()
+    assert ms_to_datetime(data["created_at_ms"]) == job.created_at
+    assert data["lease_until"] is None and data["lease_until_ms"] == 0

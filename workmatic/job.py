@@ -7,7 +7,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = ["STATUSES", "ImportResult", "Job", "JobStats", "QueueInfo"]
@@ -49,7 +49,7 @@ def datetime_to_ms(value: datetime) -> int:
     """Convert a datetime (naive means UTC) to epoch milliseconds."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
 
 
 class _IdGenerator:

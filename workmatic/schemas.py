@@ -19,6 +19,8 @@ import marshmallow
 from marshmallow import Schema, fields, validate, validates_schema
 
 from .exceptions import ValidationError
+from .job import STATUSES
+from .job import now_ms as current_ms
 
 __all__ = [
     "AddOptionsSchema",
@@ -218,8 +220,6 @@ BackoffFn = Callable[[int], float]
 
 # --- CSV rows (the CLI's import format; used by workmatic/_csv.py)
 
-from .job import STATUSES  # noqa: E402
-from .job import now_ms as current_ms  # noqa: E402
 
 #: Largest timestamp accepted: 9999-12-31T23:59:59.999Z, in epoch milliseconds.
 MAX_EPOCH_MS = 253_402_300_799_999
