@@ -280,7 +280,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         generation[slot] += 1
         name = f"w{slot}.{generation[slot]}"
         proc = spawn(name, "crash_worker", db_path, QUEUE, str(record), "--name", name,
-                     "--concurrency", "8", "--lease", str(LEASE), "--sleep-ms", "5:30",
+                     "--concurrency", "8", "--lease", str(LEASE), "--sleep-ms", "10:40",
                      logs=logs)  # fmt: skip
         procs.append(proc)
         incarnations[name] = proc
