@@ -41,6 +41,8 @@ def _fmt_rate(fig: Result | None, io: bool = False) -> str:
         return "ERR"
     value = float(fig["rate"])
     mark = " (!)" if "warning" in fig else ""
+    if fig.get("failed_runs"):
+        mark += f" ({fig['failed_runs']} run failed)"
     if io:
         return f"{value:,.0f} ({value / IDEAL_IO:.0%}){mark}"
     return f"{value:,.0f}{mark}"
@@ -56,6 +58,21 @@ def _ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return ""
     return f"{a / b:.2f}x"
+
+
+def _target_cell(key: str, ours: float | None, huey: float | None) -> str:
+    """The row's targets (file, NORMAL) with pass/fail, e.g. ">=20,000/s FAIL, >=1.1x ok"."""
+    parts = []
+    for target_key, _, minimum, ratio in TARGETS:
+        if target_key != key:
+            continue
+        if minimum is not None:
+            ok = ours is not None and ours >= minimum
+            parts.append(f">={minimum:,.0f}/s {'ok' if ok else 'FAIL'}")
+        if ratio is not None:
+            ok = ours is not None and huey is not None and ours >= ratio * huey
+            parts.append(f">={ratio:g}x Huey {'ok' if ok else 'FAIL'}")
+    return ", ".join(parts)
 
 
 def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) -> tuple[str, Any]:
@@ -122,6 +139,8 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
                 node_cell,
                 f"{stall['stall_ms']:.1f}" if "stall_ms" in stall else "",
             ]
+            if mode == "file":
+                cells.append(_target_cell(row.key, o, _rate(f.get("huey_normal"))))
             body.append(cells)
             if node and o is not None:
                 verdicts.append(
@@ -143,8 +162,9 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
                 "x Huey NORMAL",
                 "FULL x Huey FULL",
                 "Node",
-                "x Node",
+                "x Node (target 2x)",
                 "max stall ms",
+                "target (NORMAL)",
             ]
         else:
             headers = [
@@ -155,7 +175,7 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
                 "Huey",
                 "x Huey",
                 "Node",
-                "x Node",
+                "x Node (target 2x)",
                 "max stall ms",
             ]
         out.append("")

@@ -131,6 +131,23 @@ def aggregate(results: list[Result]) -> Result:
     return out
 
 
+def rerender(path: Path, markdown: str | None) -> int:
+    """Print (and optionally write) the tables of a saved ``--json`` run."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    figures: dict[str, Result] = saved["figures"]
+    modes = tuple(m for m in ("file", "memory") if any(f":{m}:" in key for key in figures))
+    rows = [
+        row
+        for row in build_rows(Sizes(**saved["info"]["sizes"]), modes)
+        if any(spec.key in figures for spec in row.cells.values())
+    ]
+    text, _ = render(rows, figures, saved["info"])
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite (or, with --spec/--build/--produce, one step of it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -143,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     parser.add_argument("--only", metavar="KEYS", help="comma-separated row keys to run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per measurement")
+    parser.add_argument("--render", metavar="PATH", help="re-print the tables of a --json file")
     # Internal: one measurement / building a prefilled file / a producer process.
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -168,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         _workmatic.produce(args.produce, args.jobs, args.interval)
         return 0
 
+    if args.render:
+        return rerender(Path(args.render), args.markdown)
     if args.quick:
         args.jobs = min(args.jobs, 200)
         args.repeat = 1

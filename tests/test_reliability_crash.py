@@ -74,6 +74,7 @@ class Figures:
     jobs: int = 0
     kills: int = 0
     kills_during_work: int = 0
+    jobs_done_at_the_last_kill: int = 0
     kills_hitting_running_jobs: int = 0
     interrupted_runs: int = 0
     jobs_run_more_than_once: int = 0
@@ -328,9 +329,11 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     # replacement at once (without waiting for it: kills keep their cadence).
     kills: list[Proc] = []
     kills_during_work = 0
+    done_at_last_kill = 0
     hit_running = 0
-    while len(kills) < min_kills:
-        assert time.monotonic() - began < 60 + min_kills * 6, f"only {len(kills)} kills"
+    # At least min_kills kills, and kills all along: until 90% of the jobs are done.
+    while len(kills) < min_kills or done_at_last_kill < 0.9 * total:
+        assert time.monotonic() - began < 180 + total / 200, f"{len(kills)} kills, too slow"
         time.sleep(rng.uniform(0.15, 0.45))  # the kill cadence itself, not a wait for state
         for slot, proc in workers.items():
             if slot not in ready and is_ready(proc):
@@ -341,7 +344,8 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         victim = workers[slot]
         kill(victim)
         kills.append(victim)
-        kills_during_work += count_done(db) < total
+        done_at_last_kill = count_done(db)
+        kills_during_work += done_at_last_kill < total
         runs = [line.split() for line in record.read_text().splitlines()]
         mine = [r[4] for r in runs if r[1] == victim.name]
         hit_running += mine.count("start") > mine.count("end")
@@ -374,6 +378,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
     )
     figures.seconds = round(elapsed, 1)
     figures.kills_during_work = kills_during_work
+    figures.jobs_done_at_the_last_kill = done_at_last_kill
     stored = {job.id for job in db.iter_jobs(queue=QUEUE)}
     figures.jobs_lost = len(set(acked) - stored)
     report = {k: v for k, v in vars(figures).items() if k != "problems"}

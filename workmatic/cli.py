@@ -23,59 +23,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import signal
 import sys
-import unicodedata
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import workmatic
 
+from ._cli_commands import (
+    DEFAULT_LOCK_TIMEOUT,
+    PROG,
+    CommandError,
+    UsageError,
+    _error,
+    _os_error_text,
+)
 from ._csv import (
     CsvFormatError,
-    CsvImportReport,
-    InvalidRowsError,
-    Progress,
-    csv_input,
-    csv_output,
-    export_csv,
-    import_csv,
-    read_rows,
 )
 from .exceptions import (
-    DatabaseError,
-    DatabaseLockedError,
-    DatabaseNotFoundError,
-    JobNotFoundError,
     WorkmaticError,
 )
-from .job import STATUSES, BrokenPayload, JobStats, QueueInfo
+from .job import STATUSES
 
 if TYPE_CHECKING:
-    from .database import Database
-    from .job import Job
+    pass
 
 __all__ = ["build_parser", "main"]
 
-PROG = "workmatic"
 #: How many invalid rows an import prints before summarising the rest.
-SHOWN_ERRORS = 20
 #: Seconds a command waits for another process's write lock (WORKMATIC_LOCK_TIMEOUT).
-DEFAULT_LOCK_TIMEOUT = 10.0
-_COUNT_COLUMNS = ("ready", "running", "done", "failed", "dead", "total")
-
-
-class UsageError(Exception):
-    """A command line that parses but makes no sense (exit status 2)."""
-
-
-class CommandError(Exception):
-    """A command failed; the message is printed as one line (exit status 1)."""
-
-
 # --- entry point
 
 
@@ -122,21 +99,6 @@ def _exit_status(exc: SystemExit) -> int:
     if exc.code is None:
         return 0
     return exc.code if isinstance(exc.code, int) else 2
-
-
-def _error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
-    sys.stderr.flush()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _os_error_text(exc: OSError) -> str:
-    if exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return str(exc)
 
 
 # --- parser
@@ -216,6 +178,8 @@ def _status_list(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``workmatic`` argument parser (one sub-command per command)."""
+    from . import _cli_commands as _commands
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Inspect and manage a Workmatic job database (SQLite file).",
@@ -257,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "stats",
-        _cmd_stats,
+        _commands.cmd_stats,
         "show job counts by status and queue",
         "Show job counts by status (ready, running, done, failed, dead), per queue and in "
         "total.\n\n  workmatic stats jobs.db\n  workmatic stats jobs.db --queue emails --json",
@@ -268,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "queues",
-        _cmd_queues,
+        _commands.cmd_queues,
         "list all queues with pause status",
         "List every queue that has jobs or a pause setting, with its pause state and "
         "counts.\n\n  workmatic queues jobs.db",
@@ -279,14 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, summary, detail in (
         (
             "pause",
-            _cmd_pause,
+            _commands.cmd_pause,
             "pause a queue (workers stop claiming)",
             "Pause a queue in every process: workers stop claiming its jobs within about a "
             "second; jobs already running finish. The pause is stored in the database.",
         ),
         (
             "resume",
-            _cmd_resume,
+            _commands.cmd_resume,
             "resume a paused queue",
             "Resume a paused queue: workers in every process start claiming its jobs again.",
         ),
@@ -298,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "list",
-        _cmd_list,
+        _commands.cmd_list,
         "list jobs with optional filters",
         "List jobs, newest first.\n\n  workmatic list jobs.db --status=dead --limit=10",
     )
@@ -315,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "show",
-        _cmd_show,
+        _commands.cmd_show,
         "show one job in full",
         "Show every field of one job: payload, last error, result.\n\n"
         "  workmatic show jobs.db 018c2f...",
@@ -326,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "export",
-        _cmd_export,
+        _commands.cmd_export,
         "export jobs to CSV (stdout if no file)",
         "Export jobs to CSV (RFC 4180, UTF-8), oldest first, in constant memory. Columns: "
         "public_id, queue, payload, status, priority, run_at, attempts, max_attempts, "
@@ -348,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "import",
-        _cmd_import,
+        _commands.cmd_import,
         "import jobs from CSV",
         "Import jobs from CSV in one transaction. Only 'payload' is required; other "
         "columns default. Every row is validated: one bad row and nothing is imported, "
@@ -375,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "purge",
-        _cmd_purge,
+        _commands.cmd_purge,
         "delete jobs with specific status",
         "Delete jobs by status. Running jobs are never deleted.\n\n"
         "  workmatic purge jobs.db --status=done\n"
@@ -397,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "retry",
-        _cmd_retry,
+        _commands.cmd_retry,
         "reset dead/failed jobs to ready",
         "Reset jobs to ready: attempts back to 0, run now (last_error is kept). Running "
         "jobs are refused.\n\n"
@@ -420,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "dashboard",
-        _cmd_dashboard,
+        _commands.cmd_dashboard,
         "serve the web dashboard",
         "Serve the web dashboard until Ctrl-C or SIGTERM. Basic auth: --auth USER:PASSWORD "
         "or the WORKMATIC_DASHBOARD_AUTH environment variable.\n\n"
@@ -447,478 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- helpers
-
-
-@contextlib.contextmanager
-def _open_db(args: argparse.Namespace, *, create: bool = False) -> Iterator[Database]:
-    """Open ``args.db``, turning every failure into a one-line :class:`CommandError`."""
-    path: str = args.db
-    timeout = args.lock_timeout
-    if timeout is None:
-        timeout = _env_seconds("WORKMATIC_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
-    try:
-        db = workmatic.create_database(path, create=create, lock_timeout=timeout)
-    except DatabaseNotFoundError:
-        raise CommandError(f"{path}: no such database file") from None
-    except DatabaseLockedError as exc:
-        raise CommandError(_with_path(path, f"locked by another process: {exc}")) from None
-    except DatabaseError as exc:  # SchemaError included: not a workmatic database
-        raise CommandError(_with_path(path, str(exc))) from None
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def _with_path(path: str, message: str) -> str:
-    """Name the file in ``message`` unless the core's message already does."""
-    if path in message or os.path.abspath(path) in message:
-        return message
-    return f"{path}: {message}"
-
-
-def _env_seconds(variable: str, default: float) -> float:
-    text = os.environ.get(variable)
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{variable}={text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise UsageError(f"{variable}={text!r} must not be negative")
-    return value
-
-
-def _remove_database_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + suffix)
-
-
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
-
-
-def _clean(text: str, width: int | None = None) -> str:
-    """Make untrusted text safe for a terminal (no control characters) and short."""
-    if not text.isprintable():
-        text = "".join(
-            ch
-            if ch.isprintable() or unicodedata.category(ch) == "Zs"
-            else ch.encode("unicode_escape").decode("ascii")
-            for ch in text
-        )
-    if width is not None and len(text) > width:
-        text = text[: width - 1] + "…"
-    return text
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in (headers, *rows):
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _counts(stats: JobStats) -> list[str]:
-    data = stats.as_dict()
-    return [str(data[name]) for name in _COUNT_COLUMNS]
-
-
-def _payload_text(value: Any) -> str:
-    if isinstance(value, BrokenPayload):  # the stored JSON is broken: show the raw text
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
-
-# --- commands
-
-
-def _cmd_stats(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
-        if args.queue is not None:
-            queues = [QueueInfo(args.queue, db.is_queue_paused(args.queue), db.stats(args.queue))]
-            total = queues[0].stats
-        else:
-            queues = db.queues()
-            total = db.stats()
-    if args.json:
-        _print_json(
-            {
-                "total": total.as_dict(),
-                "queues": {info.name: info.stats.as_dict() for info in queues},
-            }
-        )
-        return 0
-    rows = [
-        [_clean(info.name, 40) + (" (paused)" if info.is_paused else ""), *_counts(info.stats)]
-        for info in queues
-    ]
-    if args.queue is None:
-        rows.append(["TOTAL", *_counts(total)])
-    headers = ["QUEUE", *(name.upper() for name in _COUNT_COLUMNS)]
-    print(_table(headers, rows, right=set(range(1, len(headers)))))
-    return 0
-
-
-def _cmd_queues(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
-        queues = db.queues()
-    if args.json:
-        _print_json({"queues": [info.as_dict() for info in queues]})
-        return 0
-    if not queues:
-        print("no queues")
-        return 0
-    rows = [
-        [
-            _clean(info.name, 40),
-            "paused" if info.is_paused else "active",
-            str(info.stats.ready),
-            str(info.stats.running),
-            str(info.stats.total),
-        ]
-        for info in queues
-    ]
-    print(_table(["QUEUE", "STATE", "READY", "RUNNING", "TOTAL"], rows, right={2, 3, 4}))
-    return 0
-
-
-def _set_pause(args: argparse.Namespace, paused: bool) -> int:
-    with _open_db(args) as db:
-        if paused:
-            db.pause_queue(args.queue)
-        else:
-            db.resume_queue(args.queue)
-    if args.json:
-        _print_json({"queue": args.queue, "is_paused": paused})
-    elif paused:
-        print(f"paused queue {_clean(args.queue)!r}: workers stop claiming its jobs")
-    else:
-        print(f"resumed queue {_clean(args.queue)!r}")
-    return 0
-
-
-def _cmd_pause(args: argparse.Namespace) -> int:
-    return _set_pause(args, True)
-
-
-def _cmd_resume(args: argparse.Namespace) -> int:
-    return _set_pause(args, False)
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
-        jobs = db.list_jobs(
-            queue=args.queue, status=args.status, limit=args.limit, offset=args.offset
-        )
-    if args.json:
-        _print_json([job.as_dict() for job in jobs])
-        return 0
-    if not jobs:
-        print("no jobs")
-        return 0
-    rows = [
-        [
-            job.id,
-            _clean(job.queue, 20),
-            job.status,
-            str(job.priority),
-            f"{job.attempts}/{job.max_attempts}",
-            _when(job.run_at),
-            _clean(_payload_text(job.payload), 40),
-            _clean(job.last_error or "", 40),
-        ]
-        for job in jobs
-    ]
-    headers = ["ID", "QUEUE", "STATUS", "PRI", "TRIES", "RUN AT (UTC)", "PAYLOAD", "LAST ERROR"]
-    print(_table(headers, rows, right={3, 4}))
-    return 0
-
-
-def _cmd_show(args: argparse.Namespace) -> int:
-    with _open_db(args) as db:
-        job = db.get_job(args.job_id)
-    if job is None:
-        raise CommandError(f"no job with id {args.job_id!r}")
-    if args.json:
-        _print_json(job.as_dict())
-        return 0
-    _print_job(job)
-    return 0
-
-
-def _print_job(job: Job) -> None:
-    fields = [
-        ("id", job.id),
-        ("queue", _clean(job.queue)),
-        ("status", job.status),
-        ("priority", str(job.priority)),
-        ("attempts", f"{job.attempts} of {job.max_attempts}"),
-        ("key", _clean(job.key) if job.key is not None else "-"),
-        ("created_at", _when(job.created_at)),
-        ("updated_at", _when(job.updated_at)),
-        ("run_at", _when(job.run_at)),
-        ("lease_until", _when(job.lease_until)),
-    ]
-    for name, value in fields:
-        print(f"{name + ':':<13}{value}")
-
-    def block(name: str, text: str) -> None:
-        print(f"{name}:")
-        for line in text.splitlines() or [""]:
-            print(f"  {_clean(line)}")
-
-    block("payload", json.dumps(job.payload, ensure_ascii=False, indent=2))
-    if job.last_error is not None:
-        block("last_error", job.last_error)
-    if job.result is not None:
-        block("result", json.dumps(job.result, ensure_ascii=False, indent=2))
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    to_stdout = args.file is None or args.file == "-"
-    with _open_db(args) as db:
-        progress = None
-        if sys.stderr.isatty():
-            total = db.count_jobs(queue=args.queue, status=args.status)
-            progress = Progress("exported", total=total)
-        with csv_output(args.file) as out:
-            count = export_csv(
-                db,
-                out,
-                queue=args.queue,
-                status=args.status,
-                safe_formulas=args.safe_formulas,
-                progress=progress,
-            )
-    if args.json and not to_stdout:
-        _print_json({"exported": count, "file": args.file})
-    else:
-        summary = f"exported {_plural(count, 'job')}" + ("" if to_stdout else f" to {args.file}")
-        print(summary, file=sys.stderr if to_stdout else sys.stdout)
-    return 0
-
-
-def _cmd_import(args: argparse.Namespace) -> int:
-    default_queue = args.queue if args.queue is not None else "default"
-    if args.dry_run:
-        return _import_dry_run(args, default_queue)
-    existed = os.path.exists(args.db)
-    progress = Progress("rows read:") if sys.stderr.isatty() else None
-    report: CsvImportReport | None = None
-    try:
-        with csv_input(args.file) as (source, fraction), _open_db(args, create=not existed) as db:
-            try:
-                report = import_csv(
-                    db,
-                    source,
-                    default_queue=default_queue,
-                    skip_invalid=args.skip_invalid,
-                    unescape=args.safe_formulas,
-                    progress=progress,
-                    position=fraction,
-                )
-            except InvalidRowsError as exc:
-                _report_import(args, exc.report, ok=False)
-    finally:
-        if report is None and not existed:
-            # A bad file changes nothing, not even by creating the database.
-            _remove_database_files(args.db)
-    if report is None:
-        return 1
-    if not existed and not args.json:
-        print(f"created {args.db}")
-    _report_import(args, report, ok=True)
-    return 0
-
-
-def _import_dry_run(args: argparse.Namespace, default_queue: str) -> int:
-    report = CsvImportReport()
-    with csv_input(args.file) as (source, _fraction):
-        for line, _record, error in read_rows(
-            source, default_queue=default_queue, unescape=args.safe_formulas
-        ):
-            report.rows += 1
-            if error is not None:
-                report.add_error(line, error)
-    ok = not report.invalid or args.skip_invalid
-    if args.json:
-        _print_json({"ok": ok, "dry_run": True, **report.as_dict()})
-    else:
-        _print_row_errors(report)
-        valid = report.rows - report.invalid
-        print(
-            f"dry run: {_plural(report.rows, 'row')}, {valid:,} valid, "
-            f"{report.invalid:,} invalid; nothing imported"
-        )
-    return 0 if ok else 1
-
-
-def _print_row_errors(report: CsvImportReport) -> None:
-    for error in report.errors[:SHOWN_ERRORS]:
-        sys.stderr.write(f"line {error.line}: {_clean(error.message, 300)}\n")
-    hidden = report.invalid - min(len(report.errors), SHOWN_ERRORS)
-    if hidden > 0:
-        sys.stderr.write(f"... and {_plural(hidden, 'more invalid row')}\n")
-
-
-def _report_import(args: argparse.Namespace, report: CsvImportReport, *, ok: bool) -> None:
-    if args.json:
-        _print_json({"ok": ok, "dry_run": False, **report.as_dict()})
-        if not ok:
-            _error(f"{_plural(report.invalid, 'invalid row')}: nothing was imported")
-        return
-    _print_row_errors(report)
-    if not ok:
-        _error(
-            f"{_plural(report.invalid, 'invalid row')}: nothing was imported "
-            "(fix them, or use --skip-invalid to import the valid rows)"
-        )
-        return
-    parts = [f"imported {_plural(report.inserted, 'job')}"]
-    if report.skipped:
-        parts.append(f"skipped {report.skipped:,} already present")
-    if report.invalid:
-        parts.append(f"skipped {_plural(report.invalid, 'invalid row')}")
-    print(", ".join(parts))
-
-
-def _cmd_purge(args: argparse.Namespace) -> int:
-    statuses: tuple[str, ...] = (
-        args.status if args.status else tuple(s for s in STATUSES if s != "running")
-    )
-    if "running" in statuses:
-        raise UsageError("running jobs are never purged (stop their workers first)")
-    with _open_db(args) as db:
-        if args.dry_run:
-            count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
-        else:
-            count = db.purge(status=None if args.all else statuses, queue=args.queue)
-    if args.json:
-        _print_json({"deleted": 0 if args.dry_run else count, "matched": count})
-    elif args.dry_run:
-        print(f"would delete {_plural(count, 'job')} (dry run)")
-    else:
-        print(f"deleted {_plural(count, 'job')}")
-    return 0
-
-
-def _cmd_retry(args: argparse.Namespace) -> int:
-    if args.job_ids and (args.status or args.queue is not None):
-        raise UsageError("give job ids, or --status (and --queue), not both")
-    if not args.job_ids and not args.status:
-        raise UsageError("give job ids or --status (e.g. --status=dead)")
-    if args.job_ids:
-        return _retry_ids(args)
-    statuses: tuple[str, ...] = args.status
-    if "running" in statuses:
-        raise UsageError("running jobs cannot be retried: they are being processed")
-    if "ready" in statuses:
-        raise UsageError("ready jobs are already waiting to run")
-    with _open_db(args) as db:
-        if args.dry_run:
-            count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
-        else:
-            status: str | tuple[str, ...] = statuses[0] if len(statuses) == 1 else statuses
-            count = db.retry_jobs(status=status, queue=args.queue)
-    if args.json:
-        _print_json({"retried": 0 if args.dry_run else count, "matched": count})
-    elif args.dry_run:
-        print(f"would retry {_plural(count, 'job')} (dry run)")
-    else:
-        print(f"retried {_plural(count, 'job')}: back to ready")
-    return 0
-
-
-def _retry_ids(args: argparse.Namespace) -> int:
-    retried: list[str] = []
-    refused: dict[str, str] = {}
-    with _open_db(args) as db:
-        for job_id in dict.fromkeys(args.job_ids):
-            job = db.get_job(job_id)
-            if job is None:
-                refused[job_id] = "no such job"
-            elif job.status not in ("dead", "failed"):
-                refused[job_id] = f"is {job.status}; only dead or failed jobs are retried"
-            elif args.dry_run:
-                retried.append(job_id)
-            else:
-                try:
-                    is_retried = db.retry_job(job_id)
-                except JobNotFoundError:
-                    refused[job_id] = "no such job"
-                    continue
-                if is_retried:
-                    retried.append(job_id)
-                else:  # it changed status since we looked
-                    refused[job_id] = "is no longer dead or failed"
-    if args.json:
-        _print_json({"retried": [] if args.dry_run else retried, "refused": refused})
-    else:
-        verb = "would retry" if args.dry_run else "retried"
-        if retried:
-            print(f"{verb} {_plural(len(retried), 'job')}: {', '.join(retried)}")
-        for job_id, reason in refused.items():
-            _error(f"job {_clean(job_id)!r} {reason}")
-    return 1 if refused else 0
-
-
-def _parse_auth(text: str | None) -> tuple[str, str] | None:
-    if not text:
-        return None
-    user, sep, password = text.partition(":")
-    if not sep or not user:
-        raise UsageError("--auth must be USER:PASSWORD")
-    return user, password
-
-
-def _cmd_dashboard(args: argparse.Namespace) -> int:
-    auth = _parse_auth(
-        args.auth if args.auth is not None else os.environ.get("WORKMATIC_DASHBOARD_AUTH")
-    )
-    import gevent
-    import gevent.event
-
-    with _open_db(args) as db:
-        try:
-            dashboard = workmatic.create_dashboard(db, host=args.host, port=args.port, auth=auth)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-        stop = gevent.event.Event()
-        handlers = [gevent.signal_handler(sig, stop.set) for sig in _STOP_SIGNALS]
-        try:
-            print(f"Workmatic dashboard for {args.db} at {dashboard.url} (Ctrl-C to stop)")
-            sys.stdout.flush()
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
-        finally:
-            for handler in handlers:
-                handler.cancel()
-            dashboard.close()
-    print("dashboard stopped")
-    return 0
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 if __name__ == "__main__":
