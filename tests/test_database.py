@@ -256,3 +256,21 @@ def test_the_wal_is_checkpointed_off_the_hub(db: workmatic.Database, db_path: st
 
     assert db._writer().conn.raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 10_000
     wait_for(lambda: in_main_file() == 300, timeout=10)
+
+
+def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> None:
+    """gunicorn --preload forks after the app (and its Database) was created."""
+    client = workmatic.create_client(db, "forked")
+    client.add({"from": "parent"})
+    pid = os.fork()
+    if pid == 0:  # the child: must not reuse the parent's connections or writer
+        code = 1
+        try:
+            child_id = client.add({"from": "child"})
+            code = 0 if client.get(child_id) is not None else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert client.add({"from": "parent again"})
+    assert sorted(j.payload["from"] for j in client.list()) == ["child", "parent", "parent again"]

@@ -448,12 +448,6 @@ def test_no_false_lost_lease_warnings(
     assert lost == [], lost[:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Worker._finish calls db._submit outside its try, so closing the database"
-    " under a running worker kills the slot greenlet with an unhandled DatabaseClosedError"
-    " (gevent prints a traceback) and worker.active stays 1",
-)
 def test_closing_the_database_under_a_running_worker_is_handled(
     db_path: str, capfd: pytest.CaptureFixture[str]
 ) -> None:

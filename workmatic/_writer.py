@@ -135,7 +135,7 @@ class Writer:
         return batch
 
     def _execute(self, batch: list[Request]) -> None:
-        if any(r.offload for r in batch):
+        if batch[0].offload:  # offloaded requests are exclusive: always alone
             outcomes = self.hub.threadpool.spawn(self._transaction, batch, True).get()
         else:
             outcomes = self._transaction(batch, False)
@@ -159,7 +159,7 @@ class Writer:
         """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a
         request of a multi-request batch failed (nothing was committed)."""
         conn = self.conn
-        deadline = min(r.deadline for r in batch)
+        deadline = batch[0].deadline  # the oldest request's (FIFO)
         delay = 0.0005
         while True:
             if self.db._closed:

@@ -71,6 +71,11 @@ AUTOCHECKPOINT_PAGES = 10_000
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
+#: Bumped in a child process after fork(): cheaper to compare than calling os.getpid().
+_forks = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
 
 def row_to_job(row: Sequence[Any]) -> Job:
     """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
@@ -154,7 +159,7 @@ class Database:
         self.driver = _driver.DRIVER
         self.sqlite_version = _driver.SQLITE_VERSION
         self._closed = False
-        self._pid = os.getpid()
+        self._forks = _forks[0]
         self._writers: dict[int, Writer] = {}
         self._readers: dict[int, Conn] = {}
         self._watchers: dict[int, gevent.Greenlet] = {}
@@ -234,8 +239,8 @@ class Database:
     def _check(self) -> None:
         if self._closed:
             raise DatabaseClosedError(f"{self._label}: the database is closed")
-        if os.getpid() != self._pid:  # forked: never share SQLite connections with a parent
-            self._pid = os.getpid()
+        if _forks[0] != self._forks:  # forked: never share SQLite connections with a parent
+            self._forks = _forks[0]
             self._writers.clear()
             self._readers.clear()
             self._watchers.clear()

@@ -33,6 +33,7 @@ from marshmallow import Schema
 from . import _sql
 from .database import Database, row_to_job
 from .exceptions import (
+    DatabaseClosedError,
     DatabaseError,
     PermanentError,
     ValidationError,
@@ -270,6 +271,12 @@ class Worker:
             try:
                 waited = self._fill(free)
                 errors = 0
+            except DatabaseClosedError:
+                log.error("worker %s: the database was closed; no more jobs start", self.id)
+                while not self._stopping:  # idle until stop(): nothing can be claimed
+                    self._wake.clear()
+                    self._wake.wait()
+                return
             except Exception as exc:
                 errors += 1
                 log.warning("worker %s: claim failed (%s); retrying", self.id, exc)
@@ -420,12 +427,21 @@ class Worker:
         while True:
             want = 0 if (self._stopping or self._paused) else 1
             now = now_ms()
-            request = self.db._submit(
-                _sql.finish_and_claim, outcome, self.queue, want, now, now + self._lease_ms
-            )
             try:
+                request = self.db._submit(
+                    _sql.finish_and_claim, outcome, self.queue, want, now, now + self._lease_ms
+                )
                 held, rows = _wait_shielded(request)
                 break
+            except DatabaseClosedError:
+                # Nothing more can be written: the job stays claimed until its lease
+                # expires, then it runs again (counting an attempt) wherever a worker runs.
+                log.error(
+                    "worker %s: the database was closed; job %s was not recorded",
+                    self.id, running.job.id,
+                )  # fmt: skip
+                self._running.pop(running.rowid, None)
+                return None
             except DatabaseError as exc:
                 log.warning(
                     "worker %s: cannot record job %s (%s); retrying", self.id, running.job.id, exc
