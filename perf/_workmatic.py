@@ -68,7 +68,7 @@ def _worker(db: Any, concurrency: int, handler: Any, **options: Any) -> Any:
 
 def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any]) -> Result:
     """Run one benchmark *case* through Workmatic and return its measurement."""
-    if case in ("claim_large", "rss_large"):
+    if case == "claim_large":
         return _run_large(path, durability, jobs, options)
     if case == "latency":
         return _run_latency(path, durability, jobs, options)

@@ -6,7 +6,6 @@ as a subprocess (both monkey-patch their own process with gevent).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    # Let the scripts import the checkout when workmatic is not installed (plain pytest).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # The scripts import the installed workmatic (tox: the wheel), else the checkout's.
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
