@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
@@ -151,11 +150,8 @@ class Dashboard:
     def __init__(self, app: WSGIApplication, host: str, port: int) -> None:
         self.app = app
         self.host = host
-        # create_server closes its socket if bind/listen fails (gevent's own listener
-        # would leak it until garbage collection).
-        listener = gevent.socket.create_server((host, port), backlog=128)
         self._server = WSGIServer(
-            listener,
+            (host, port),
             app,
             log=LoggingLogAdapter(logger, logging.DEBUG),
             error_log=LoggingLogAdapter(logger, logging.ERROR),
