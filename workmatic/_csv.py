@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 import marshmallow
 
 from .exceptions import ValidationError
-from .job import BrokenPayload
+from .job import ORIGINAL_COLUMNS, BrokenPayload
 from .schemas import CsvRowSchema
 
 if TYPE_CHECKING:
@@ -58,20 +58,7 @@ __all__ = [
 ]
 
 #: The Node original's columns, in its order.
-SEED_COLUMNS: tuple[str, ...] = (
-    "public_id",
-    "queue",
-    "payload",
-    "status",
-    "priority",
-    "run_at",
-    "attempts",
-    "max_attempts",
-    "lease_until",
-    "created_at",
-    "updated_at",
-    "last_error",
-)
+SEED_COLUMNS: tuple[str, ...] = ORIGINAL_COLUMNS
 #: Every column written on export: the seed's, then ``result`` and ``key``.
 COLUMNS: tuple[str, ...] = (*SEED_COLUMNS, "result", "key")
 

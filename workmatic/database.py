@@ -40,6 +40,7 @@ from .exceptions import (
     ValidationError,
 )
 from .job import (
+    ORIGINAL_COLUMNS,
     STATUSES,
     ImportResult,
     Job,
@@ -731,20 +732,7 @@ def _legacy_shape(raw: Any) -> str:
     if not _sql.has_jobs_table(raw):
         return "none"
     columns = {row[1] for row in raw.execute("PRAGMA table_info(jobs)").fetchall()}
-    needed = {
-        "public_id",
-        "queue",
-        "payload",
-        "status",
-        "priority",
-        "run_at",
-        "attempts",
-        "max_attempts",
-        "lease_until",
-        "created_at",
-        "updated_at",
-        "last_error",
-    }
+    needed = set(ORIGINAL_COLUMNS)
     return "v1" if needed <= columns else "foreign"
 
 

@@ -15,6 +15,22 @@ __all__ = ["STATUSES", "ImportResult", "Job", "JobStats", "QueueInfo"]
 #: Every job status, in lifecycle order.
 STATUSES: tuple[str, ...] = ("ready", "running", "done", "failed", "dead")
 
+#: The columns of the Node original's jobs table and CSV format, in its order.
+ORIGINAL_COLUMNS: tuple[str, ...] = (
+    "public_id",
+    "queue",
+    "payload",
+    "status",
+    "priority",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "lease_until",
+    "created_at",
+    "updated_at",
+    "last_error",
+)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

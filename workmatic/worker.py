@@ -315,30 +315,29 @@ class Worker:
             while running is not None:
                 running.greenlet = gevent.getcurrent()
                 if self._stopping or self._paused:
-                    outcome = ("release", running.rowid, running.token, now_ms(), self.queue)
+                    outcome = self._outcome("release", running)
                 else:
                     outcome = self._execute(running)
                 running = self._finish(running, outcome)
         finally:
             self._wake.set()
 
+    def _outcome(self, kind: str, running: _Running, *data: Any) -> _sql.Outcome:
+        """An outcome for ``_sql.finish``: the kind, the claim (row and fencing token),
+        now, the queue, then the kind's own data."""
+        return (kind, running.rowid, running.token, now_ms(), self.queue, *data)
+
     def _execute(self, running: _Running) -> _sql.Outcome:
         job = running.job
-        rowid, token = running.rowid, running.token
         try:
             if isinstance(job.payload, BrokenPayload):
-                return ("failed", rowid, token, now_ms(), self.queue, "payload is not valid JSON")
+                return self._outcome("failed", running, "payload is not valid JSON")
             if self.schema is not None:
                 try:
                     job = dataclasses.replace(job, payload=self.schema.load(job.payload))
                 except marshmallow.ValidationError as exc:
-                    return (
-                        "failed",
-                        rowid,
-                        token,
-                        now_ms(),
-                        self.queue,
-                        f"payload failed its schema: {exc.messages}",
+                    return self._outcome(
+                        "failed", running, f"payload failed its schema: {exc.messages}"
                     )
             handler = self._handler
             assert handler is not None
@@ -361,29 +360,19 @@ class Worker:
             try:
                 text = dump_result(result)
             except ValidationError as exc:
-                return (
+                return self._outcome(
                     "failed",
-                    rowid,
-                    token,
-                    now_ms(),
-                    self.queue,
+                    running,
                     f"result is not JSON-serialisable: {exc.messages['result'][0]}",
                 )
-            return ("done", rowid, token, now_ms(), self.queue, text)
+            return self._outcome("done", running, text)
         except _StopRequested:
-            return ("release", rowid, token, now_ms(), self.queue)
+            return self._outcome("release", running)
         except gevent.GreenletExit:
-            return ("release", rowid, token, now_ms(), self.queue)
+            return self._outcome("release", running)
         except PermanentError as exc:
             self.failed += 1
-            return (
-                "failed",
-                rowid,
-                token,
-                now_ms(),
-                self.queue,
-                _error_text(exc, with_traceback=False),
-            )
+            return self._outcome("failed", running, _error_text(exc, with_traceback=False))
         except Exception as exc:
             return self._failure(running, exc)
 
@@ -392,22 +381,12 @@ class Worker:
     ) -> _sql.Outcome:
         self.failed += 1
         job = running.job
-        error = text or _error_text(exc) if exc is not None else text
+        error = text or (_error_text(exc) if exc is not None else "")
         attempts = job.attempts + 1
-        now = now_ms()
         if attempts >= job.max_attempts:
-            return ("dead", running.rowid, running.token, now, self.queue, error)
+            return self._outcome("dead", running, error)
         delay_ms = round(self._retry_delay(attempts) * 1000)
-        return (
-            "retry",
-            running.rowid,
-            running.token,
-            now,
-            self.queue,
-            error,
-            now + delay_ms,
-            int(delay_ms <= 0),
-        )
+        return self._outcome("retry", running, error, now_ms() + delay_ms, int(delay_ms <= 0))
 
     def _retry_delay(self, attempts: int) -> float:
         if self.backoff is not None:
