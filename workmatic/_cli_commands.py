@@ -432,7 +432,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         raise UsageError("running jobs are never purged (stop their workers first)")
     with _open_db(args) as db:
         if args.dry_run:
-            count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
+            count = db.count_jobs(queue=args.queue, status=statuses)
         else:
             count = db.purge(status=None if args.all else statuses, queue=args.queue)
     if args.json:
@@ -458,7 +458,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise UsageError("ready jobs are already waiting to run")
     with _open_db(args) as db:
         if args.dry_run:
-            count = sum(db.count_jobs(queue=args.queue, status=s) for s in statuses)
+            count = db.count_jobs(queue=args.queue, status=statuses)
         else:
             status: str | tuple[str, ...] = statuses[0] if len(statuses) == 1 else statuses
             count = db.retry_jobs(status=status, queue=args.queue)

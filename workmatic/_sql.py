@@ -357,10 +357,6 @@ _REAP = (
     " due = 1, run_at = ?1, lease_until = 0, token = token + 1, updated_at = ?1, last_error = ?2"
     " WHERE queue = ?3 AND status = 'running' AND lease_until < ?1 RETURNING status"
 )
-_NEXT_DUE = (
-    "SELECT run_at FROM jobs WHERE queue = ? AND status = 'ready' AND due = 0"
-    " ORDER BY run_at LIMIT 1"
-)
 
 
 def is_paused(conn: Any, queue: str) -> bool:
@@ -428,12 +424,6 @@ def reap_expired(conn: Any, queue: str, now: int) -> int:
     for status in statuses:
         _move(conn, queue, "running", status)
     return len(statuses)
-
-
-def next_due(conn: Any, queue: str) -> int | None:
-    """The earliest ``run_at`` of the queue's delayed jobs, or None."""
-    row = conn.execute(_NEXT_DUE, (queue,)).fetchone()
-    return int(row[0]) if row else None
 
 
 _COMPLETE = (

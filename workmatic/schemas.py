@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -213,9 +213,6 @@ def dump_result(result: Any) -> str | None:
     if result is None:
         return None
     return _to_json(result, "result")
-
-
-BackoffFn = Callable[[int], float]
 
 
 # --- CSV rows (the CLI's import format; used by workmatic/_csv.py)
