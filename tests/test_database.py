@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gevent
 import gevent.pool
+import greenlet
 import pytest
 from helpers import script, wait_for
 
@@ -148,6 +149,35 @@ def test_concurrent_adds_are_group_committed(db: workmatic.Database) -> None:
     assert len({g.value for g in ids}) == 500
     assert commits < 100, f"{commits} commits for 500 concurrent adds"
     assert client.stats().ready == 501
+
+
+def test_a_write_interrupted_while_it_leads_its_batch_blocks_no_one(
+    db: workmatic.Database,
+) -> None:
+    """The first of several concurrent adds runs their transaction; an exception thrown
+    into it while it gathers the batch (a timeout, a kill) must neither strand the others
+    nor lose its own job, which was already queued."""
+
+    class Interrupted(Exception):
+        pass
+
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    leader = gevent.spawn(client.add, {"n": 0})
+    followers = [gevent.spawn(client.add, {"n": n}) for n in range(1, 5)]
+
+    def interrupt() -> None:
+        assert db._writer().busy, "the leader is gathering its batch"
+        greenlet.greenlet.throw(leader, Interrupted())  # lands at once, mid-gather
+
+    interrupter = gevent.spawn(interrupt)
+    try:
+        assert gevent.joinall(followers, timeout=10) == followers
+    finally:
+        interrupter.kill()
+    assert isinstance(leader.exception, Interrupted)
+    assert all(g.successful() for g in followers)
+    assert {job.payload.get("n") for job in db.iter_jobs()} == {None, 0, 1, 2, 3, 4}
 
 
 def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Database) -> None:

@@ -419,6 +419,29 @@ def test_the_file_deleted_under_a_running_worker_is_a_clear_error_never_a_lost_j
         assert db.stats().total == 0
 
 
+def test_a_file_replaced_by_rename_is_refused_and_the_old_jobs_stay_put(tmp_path: Path) -> None:
+    """``mv other.db jobs.db`` under an open database: commits into the replaced file are
+    refused (they would vanish with the process), and none of them turns up in the new one."""
+    db_path = str(tmp_path / "jobs.db")
+    other = str(tmp_path / "other.db")
+    with workmatic.create_database(other) as fresh:
+        workmatic.create_client(fresh, "q").add({"other": True})
+    db = workmatic.create_database(db_path)
+    try:
+        client = workmatic.create_client(db, "q")
+        client.add({"n": 1})
+        os.replace(other, db_path)
+        with pytest.raises(workmatic.DatabaseError, match="deleted or replaced"):
+            client.add({"n": 2})
+        with pytest.raises(workmatic.DatabaseError, match="deleted or replaced"):
+            client.add_many([{"n": 3}, {"n": 4}])
+    finally:
+        db.close()
+    with workmatic.create_database(db_path) as now:
+        payloads = [job.payload for job in now.iter_jobs()]
+    assert not [p for p in payloads if p.get("n") in (2, 3, 4)], payloads
+
+
 # --- lease bookkeeping ------------------------------------------------------------------
 
 

@@ -357,6 +357,40 @@ def test_fencing_a_worker_that_lost_its_lease_cannot_overwrite(db: workmatic.Dat
     assert a.processed == 0 and b.processed == 1
 
 
+def test_fencing_holds_when_lost_and_held_jobs_finish_in_one_commit(
+    db: workmatic.Database,
+) -> None:
+    """Four handlers of A return together (their outcomes share one transaction); two of
+    the jobs were taken over by B meanwhile: only A's two held outcomes are recorded."""
+    client = workmatic.create_client(db, "q")
+    ids = [client.add({"n": n}) for n in range(4)]
+    release_a = gevent.event.Event()
+
+    def a_handler(job: workmatic.Job) -> str:
+        release_a.wait()
+        return "from A"
+
+    a = make(db, a_handler, concurrency=4)
+    a.start()
+    wait_for(lambda: a.active == 4)
+    lost = ids[:2]
+    for job_id in lost:
+        edit_job(db, job_id, "lease_until = 1")
+    b = make(db, lambda job: "from B")
+    b.start()
+    wait_for(lambda: all(job_of(db, job_id).status == "done" for job_id in lost))
+    b.stop()
+    commits = db._writer().commits
+    release_a.set()
+    wait_for(lambda: a.active == 0)
+    a.stop()
+    assert db._writer().commits - commits == 1, "A's four outcomes shared one commit"
+    assert [job_of(db, job_id).result for job_id in ids] == ["from B"] * 2 + ["from A"] * 2
+    assert a.processed == 2 and b.processed == 2
+    stats = db.stats("q")
+    assert (stats.done, stats.running, stats.ready) == (4, 0, 0)
+
+
 def test_expired_lease_counts_as_an_attempt(memdb: workmatic.Database) -> None:
     client = workmatic.create_client(memdb, "q")
     retried = client.add({"n": 1})

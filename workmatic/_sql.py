@@ -493,9 +493,9 @@ def finish_and_claim(
 def _finish_and_claim_many(
     conn: Any, calls: Sequence[tuple[Outcome | None, str, int, int, int]]
 ) -> list[tuple[bool, list[tuple[Any, ...]]]]:
-    """:func:`finish_and_claim` for many slots at once: each outcome on its own (fenced),
-    then one claim per queue for all the slots that want a job, shared out in order."""
-    held = [finish(conn, call[0]) if call[0] is not None else True for call in calls]
+    """:func:`finish_and_claim` for many slots at once: the outcomes (each fenced), then one
+    claim per queue for all the slots that want a job, shared out in order."""
+    held = finish_many(conn, [call[0] for call in calls])
     wanted: dict[str, int] = {}
     for _, queue, limit, _, _ in calls:
         if limit > 0:
@@ -510,6 +510,44 @@ def _finish_and_claim_many(
         mine, claimed[queue] = pool[:limit], pool[limit:]
         results.append((ok, mine))
     return results
+
+
+_HOLDS = "SELECT token, status FROM jobs WHERE id = ?"
+
+
+def finish_many(conn: Any, outcomes: Sequence[Outcome | None]) -> list[bool]:
+    """:func:`finish` for many outcomes (None: nothing to record, counts as held).
+
+    The ``done`` outcomes, nearly all of them under load, go in one ``executemany`` in row
+    order; when it changed fewer rows than it was given, each row is read back to find the
+    ones whose lease was lost (a row we finished is ``done`` with our token; a lost one has
+    another token, another status, or is gone)."""
+    held = [True] * len(outcomes)
+    done = sorted(
+        (o[1], o[2], o[3], o[4], o[5], i)
+        for i, o in enumerate(outcomes)
+        if o is not None and o[0] == "done"
+    )
+    if len(done) > 1:
+        changed = conn.executemany(
+            _COMPLETE, [(result, now, rowid, token) for rowid, token, now, _, result, _ in done]
+        ).rowcount
+        if changed != len(done):
+            for rowid, token, _, _, _, i in done:
+                row = conn.execute(_HOLDS, (rowid,)).fetchone()
+                held[i] = row is not None and row[0] == token and row[1] == "done"
+        by_queue: dict[str, int] = {}
+        for _, _, _, queue, _, i in done:
+            if held[i]:
+                by_queue[queue] = by_queue.get(queue, 0) + 1
+        for queue, n in by_queue.items():
+            _move(conn, queue, "running", "done", n)
+        singles = [i for i, o in enumerate(outcomes) if o is not None and o[0] != "done"]
+    else:
+        singles = [i for i, o in enumerate(outcomes) if o is not None]
+    for i in singles:
+        held[i] = finish(conn, outcomes[i])  # type: ignore[arg-type]
+    return held
 
 
 finish_and_claim.many = _finish_and_claim_many  # type: ignore[attr-defined]

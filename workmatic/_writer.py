@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 import gevent.monkey
+from gevent.hub import Waiter
 
 from . import _driver, _sql
 from .exceptions import DatabaseClosedError, DatabaseError, DatabaseLockedError
@@ -61,7 +62,20 @@ class Conn:
 
 
 class Request:
-    __slots__ = ("args", "deadline", "exclusive", "fn", "offload", "result")
+    """One queued write and, once it ran, its outcome (``get()`` waits for it)."""
+
+    __slots__ = (
+        "args",
+        "deadline",
+        "done",
+        "exclusive",
+        "fn",
+        "hub",
+        "offload",
+        "ok",
+        "value",
+        "waiter",
+    )
 
     def __init__(
         self,
@@ -76,17 +90,61 @@ class Request:
         self.deadline = deadline
         self.exclusive = exclusive
         self.offload = offload
-        self.result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        self.done = False
+        self.ok = False
+        self.value: Any = None
+        self.waiter: Waiter[Any] | None = None
+        self.hub: Any = None
+
+    def set(self, ok: bool, value: Any) -> None:
+        """Record the outcome (in the writer's thread) and wake the waiting caller."""
+        self.ok = ok
+        self.value = value
+        self.done = True
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            self.hub.loop.run_callback(waiter.switch, None)
+
+    def ready(self) -> bool:
+        return self.done
+
+    def get(self) -> Any:
+        """Wait for the outcome; return the value or raise the error."""
+        if not self.done:
+            hub = self.hub = gevent.get_hub()
+            waiter: Waiter[Any] = Waiter(hub)
+            self.waiter = waiter
+            try:
+                waiter.get()
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
+        if self.ok:
+            return self.value
+        raise self.value
+
+
+_BUSY = object()  # a leader's transaction found the lock taken: hand the batch over
 
 
 class Writer:
-    """The writer greenlet of one hub: runs queued writes in group-committed transactions."""
+    """The writes of one hub, run in group-committed transactions.
+
+    A caller that finds the writer idle *leads*: it yields once (so every greenlet ready
+    to write queues its request behind it), then runs the whole queue in one transaction
+    in its own greenlet and wakes the others. Callers that find a transaction running
+    queue their request and wait. The writer greenlet takes what a leader cannot: writes
+    that must run alone or in a thread, and transactions that must wait for another
+    connection's lock (a leader never sleeps while holding other callers' requests).
+    """
 
     def __init__(self, db: Database, conn: Conn) -> None:
         self.db = db
         self.conn = conn
         self.hub = gevent.get_hub()
         self.pending: list[Request] = []
+        self.busy = False  # a transaction (a leader's or the writer greenlet's) is running
         self.wake = gevent.event.Event()
         self.commits = 0
         self.checkpointer: gevent.Greenlet | None = None
@@ -94,33 +152,71 @@ class Writer:
         self.greenlet.name = "workmatic-writer"
 
     def submit(self, request: Request) -> None:
+        """Queue ``request`` for the writer greenlet (or the running leader)."""
         self.pending.append(request)
-        if not self.wake.is_set():
+        if not self.busy and not self.wake.is_set():
             self.wake.set()
+
+    def write(self, request: Request) -> Any:
+        """Run ``request`` and return its value: lead a group commit when the writer is idle."""
+        if self.busy or self.pending or request.exclusive or gevent.getcurrent() is self.hub:
+            self.submit(request)
+            return request.get()
+        self.busy = True
+        self.pending.append(request)
+        try:
+            gevent.sleep(0)  # every greenlet ready to write queues behind this one
+            self._drain(lead=True)
+        finally:
+            self.busy = False
+            if self.pending and not self.wake.is_set():
+                self.wake.set()  # interrupted, or a write a leader leaves to the writer
+        return request.get()
 
     def _run(self) -> None:
         while True:
-            while not self.pending:
+            while self.busy or not self.pending:
                 if self.db._closed:
+                    self._fail_pending()
                     return
                 self.wake.clear()
                 self.wake.wait()
+            self.busy = True
+            try:
+                self._drain(lead=False)
+            finally:
+                self.busy = False
+
+    def _fail_pending(self) -> None:
+        for request in self.pending:
+            request.set(False, DatabaseClosedError())
+        self.pending.clear()
+
+    def _drain(self, lead: bool) -> None:
+        """Run queued requests until none is left (or, leading, until one needs the writer
+        greenlet)."""
+        pending = self.pending
+        while pending:
             if self.db._closed:
-                for request in self.pending:
-                    request.result.set_exception(DatabaseClosedError())
-                self.pending.clear()
+                self._fail_pending()
+                return
+            if lead and pending[0].exclusive:
                 return
             batch = self._take()
             try:
-                self._execute(batch)
-            except BaseException as exc:  # never die with callers waiting
+                leftover = self._execute(batch, lead)
+            except BaseException as exc:  # never leave callers waiting
                 for request in batch:
-                    if not request.result.ready():
-                        request.result.set_exception(
-                            exc if isinstance(exc, Exception) else DatabaseError(repr(exc))
+                    if not request.done:
+                        request.set(
+                            False, exc if isinstance(exc, Exception) else DatabaseError(repr(exc))
                         )
                 if not isinstance(exc, Exception):
                     raise
+                continue
+            if leftover:
+                pending[:0] = leftover  # nothing of these ran: the writer greenlet retries
+                return
 
     def _take(self) -> list[Request]:
         pending = self.pending
@@ -134,37 +230,45 @@ class Writer:
         del pending[:n]
         return batch
 
-    def _execute(self, batch: list[Request]) -> None:
+    def _execute(self, batch: list[Request], lead: bool) -> list[Request]:
+        """Run ``batch``; return the requests that did not run (the lock was taken)."""
         if batch[0].offload:  # offloaded requests are exclusive: always alone
             outcomes = self.hub.threadpool.spawn(self._transaction, batch, True).get()
         else:
-            outcomes = self._transaction(batch, False)
+            outcomes = self._transaction(batch, False, lead)
+        if outcomes is _BUSY:
+            return batch
         if outcomes is None:  # the batch failed as a whole: give each request its own try
-            for request in batch:
-                single = self._transaction([request], False)
+            for index, request in enumerate(batch):
+                single = self._transaction([request], False, lead)
+                if single is _BUSY:
+                    return batch[index:]
                 assert single is not None
                 self._deliver([request], single)
-            return
+            return []
         self._deliver(batch, outcomes)
+        return []
 
     @staticmethod
     def _deliver(batch: list[Request], outcomes: list[tuple[bool, Any]]) -> None:
         for request, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                request.result.set(value)
-            else:
-                request.result.set_exception(value)
+            request.set(ok, value)
 
-    def _transaction(self, batch: list[Request], in_thread: bool) -> list[tuple[bool, Any]] | None:
+    def _transaction(self, batch: list[Request], in_thread: bool, lead: bool = False) -> Any:
         """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a
-        request of a multi-request batch failed (nothing was committed)."""
+        request of a multi-request batch failed (nothing was committed). A leader never
+        waits: when the lock is taken it gets ``_BUSY`` (nothing ran)."""
         conn = self.conn
         deadline = batch[0].deadline  # the oldest request's (FIFO)
         delay = 0.0005
         while True:
             if self.db._closed:
                 return [(False, DatabaseClosedError())] * len(batch)
-            conn.acquire(in_thread)
+            if lead:
+                if not conn.lock.acquire(False):
+                    return _BUSY
+            else:
+                conn.acquire(in_thread)
             try:
                 try:
                     conn.raw.execute("BEGIN IMMEDIATE")
@@ -172,6 +276,8 @@ class Writer:
                     if not _driver.is_busy(exc):
                         error = self.db._translate(exc)
                         return [(False, error)] * len(batch)
+                    if lead:
+                        return _BUSY
                 else:
                     return self._run_in_transaction(batch, deadline)
             finally:

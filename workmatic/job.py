@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 import random
 import time
@@ -206,11 +207,24 @@ class BrokenPayload(str):
     """The raw text of a stored payload that is not valid JSON."""
 
 
+#: The C scanner behind ``json.loads``, called directly: ``loads`` adds ~2 µs of checks
+#: per call, and every claimed job decodes its payload.
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
 def decode_json(text: object) -> Any:
     """Decode stored JSON text; undecodable text comes back as :class:`BrokenPayload`."""
     if text is None:
         return None
-    if not isinstance(text, str):
+    if type(text) is str:
+        try:
+            value, end = _scan_json(text, 0)
+        except (StopIteration, ValueError):
+            pass  # leading whitespace, a BOM, or not JSON: json.loads decides below
+        else:
+            if end == len(text):
+                return value
+    elif not isinstance(text, str):
         text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     try:
         return json.loads(text)

@@ -407,10 +407,16 @@ class Worker:
             want = 0 if (self._stopping or self._paused) else 1
             now = now_ms()
             try:
-                request = self.db._submit(
-                    _sql.finish_and_claim, outcome, self.queue, want, now, now + self._lease_ms
+                request = self.db._request(
+                    _sql.finish_and_claim,
+                    (outcome, self.queue, want, now, now + self._lease_ms),
+                    False,
+                    False,
                 )
-                held, rows = _wait_shielded(request)
+                try:
+                    held, rows = self.db._writer().write(request)
+                except _StopRequested:  # the write is queued: it commits all the same
+                    held, rows = _wait_shielded(request)
                 break
             except DatabaseClosedError:
                 # Nothing more can be written: the job stays claimed until its lease
@@ -473,7 +479,7 @@ def _wait_shielded(request: Any) -> Any:
     """Wait for a write, even through a stop request thrown at this greenlet."""
     while True:
         try:
-            return request.result.get()
+            return request.get()
         except _StopRequested:
             continue
 
