@@ -220,6 +220,10 @@ class Writer:
 
     def _take(self) -> list[Request]:
         pending = self.pending
+        if len(pending) == 1:  # a lone caller: the common case when nothing is contended
+            batch = pending[:]
+            pending.clear()
+            return batch
         if pending[0].exclusive:
             return [pending.pop(0)]
         n = 1
