@@ -380,7 +380,8 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
 
     path = make_db(tmp_path / "jobs.db")
     with workmatic.create_database(str(path)) as db:
-        workmatic.create_client(db).add_many(list(range(20_000)))  # long enough to draw
+        # Long enough to draw (the counter waits 0.25 s before it first draws): ~1 s here.
+        workmatic.create_client(db).add_many(list(range(100_000)))
     main_fd, child_fd = pty.openpty()
     try:
         proc = subprocess.run(
@@ -403,7 +404,7 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path: Path) -> None:
         if child_fd >= 0:
             os.close(child_fd)
     assert proc.returncode == 0
-    assert b"\rexported 20,000 of 20,000 (100%)\r\n" in shown
+    assert b"\rexported 100,000 of 100,000 (100%)\r\n" in shown
     piped = run_cli("export", path, tmp_path / "p.csv")
     assert piped.stderr == ""
 

@@ -158,8 +158,48 @@ def flush_counts(conn: Any) -> None:
 
 
 def discard_counts(conn: Any) -> None:
-    """Forget the count changes of a transaction that was rolled back."""
+    """Forget the count changes (and fresh jobs) of a transaction that was rolled back."""
     _deltas.pop(id(conn), None)
+    _fresh.pop(id(conn), None)
+
+
+# --- fresh jobs -------------------------------------------------------------------------
+
+#: Due jobs added by the open transaction of a connection and not claimed in it, by queue
+#: (None: too many to track, count the queue as fresh). After the commit the writer wakes
+#: this process's workers of those queues only: a job a finishing slot already claimed in
+#: the same transaction needs no pump.
+_fresh: dict[int, dict[str, set[int] | None]] = {}
+_TRACK_FRESH = 64
+
+
+def _note_fresh(conn: Any, queue: str, rowids: Sequence[int] | None) -> None:
+    fresh = _fresh.setdefault(id(conn), {})
+    if rowids is None or len(rowids) > _TRACK_FRESH:
+        fresh[queue] = None
+    elif queue not in fresh:
+        fresh[queue] = set(rowids)
+    else:
+        known = fresh[queue]
+        if known is not None:
+            known.update(rowids)
+
+
+def _claimed_fresh(conn: Any, queue: str, rowids: Iterable[int]) -> None:
+    fresh = _fresh.get(id(conn))
+    if fresh:
+        known = fresh.get(queue)
+        if known:
+            known.difference_update(rowids)
+
+
+def take_fresh(conn: Any) -> list[str]:
+    """The queues with due jobs that the transaction just committed added and left
+    unclaimed (call once after each commit)."""
+    fresh = _fresh.pop(id(conn), None)
+    if not fresh:
+        return []
+    return [queue for queue, rowids in fresh.items() if rowids is None or rowids]
 
 
 def recount(conn: Any) -> None:
@@ -274,6 +314,8 @@ def insert_job(conn: Any, row: NewJob) -> str:
             return str(found[1]) if found[1] is not None else format_id(found[0], found[2])
     rowid = conn.execute(_INSERT, row).lastrowid
     _bump(conn, row[1], "ready")
+    if row[9]:
+        _note_fresh(conn, row[1], (rowid,))
     return format_id(rowid, row[0])
 
 
@@ -291,6 +333,13 @@ def _insert_rows(conn: Any, rows: Sequence[NewJob]) -> list[str]:
         by_queue[row[1]] = by_queue.get(row[1], 0) + 1
     for queue, n in by_queue.items():
         _bump(conn, queue, "ready", n)
+    if len(rows) > _TRACK_FRESH:
+        for queue in {row[1] for row in rows if row[9]}:
+            _note_fresh(conn, queue, None)
+    else:
+        for i, row in enumerate(rows):
+            if row[9]:
+                _note_fresh(conn, row[1], (first + i,))
     return [format_id(first + i, row[0]) for i, row in enumerate(rows)]
 
 
@@ -302,6 +351,7 @@ def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
 
 
 insert_job.many = _insert_job_many  # type: ignore[attr-defined]
+insert_job.runs_first = True  # type: ignore[attr-defined]
 
 
 def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
@@ -386,6 +436,7 @@ def claim(
     sql = _TAKE.format(marks=",".join("?" * len(ids)))
     taken = {r[0]: r for r in conn.execute(sql, (lease_until, now, *ids)).fetchall()}
     _move(conn, queue, "ready", "running", len(taken))
+    _claimed_fresh(conn, queue, taken)
     # In claim order, and in JOB_COLUMNS order (the claim reads only what it does not know).
     rows = [taken[i] for i in ids]
     return [

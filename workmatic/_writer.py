@@ -1,12 +1,16 @@
-"""The writer: one greenlet per thread that runs every write in group-committed
-transactions, with cooperative retry while another connection holds the lock.
+"""The writer of a thread: runs every write in group-committed transactions, with
+cooperative retry while another connection holds the lock.
 
-The writer takes every request queued since its last commit and runs them in one
-``BEGIN IMMEDIATE`` transaction; requests of one function that has a ``many`` variant
-(inserts, finish-and-claim) are handed to it together. If one request of a batch fails,
-the batch is rolled back and each request is run again alone, so a bad request never
-fails its neighbours. A transaction that asks for it runs whole in a real thread of
-gevent's thread pool, so the hub keeps serving other greenlets meanwhile.
+The first caller to find the writer idle leads: it yields (once, or a few times while
+more requests keep joining), so that every greenlet ready to write queues its request
+behind it, then runs them all in one ``BEGIN IMMEDIATE`` transaction in its own greenlet
+(a lone caller pays no hand-off to another greenlet). The writer greenlet runs what a
+leader must not: writes that wait for another connection's lock, and writes that run
+alone or in a thread. Requests of one function that has a ``many`` variant (inserts,
+finish-and-claim) are handed to it together. If one request of a batch fails, the batch
+is rolled back and each request is run again alone, so a bad request never fails its
+neighbours. A transaction that asks for it runs whole in a real thread of gevent's
+thread pool, so the hub keeps serving other greenlets meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ real_sleep: Callable[[float], None] = gevent.monkey.get_original("time", "sleep"
 
 #: Most requests one group commit takes.
 MAX_BATCH = 1000
+#: How many more times a leader yields while requests keep joining its batch.
+GATHER_ROUNDS = 3
 
 
 class Conn:
@@ -147,6 +153,7 @@ class Writer:
         self.busy = False  # a transaction (a leader's or the writer greenlet's) is running
         self.wake = gevent.event.Event()
         self.commits = 0
+        self.fresh: list[str] = []  # queues to notify after the commit being delivered
         self.checkpointer: gevent.Greenlet | None = None
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = "workmatic-writer"
@@ -165,7 +172,15 @@ class Writer:
         self.busy = True
         self.pending.append(request)
         try:
-            gevent.sleep(0)  # every greenlet ready to write queues behind this one
+            # Let every greenlet that is ready to write queue behind this one; while more
+            # keep coming (they were one hop behind), wait a little longer.
+            queued = len(self.pending)
+            gevent.sleep(0)
+            for _ in range(GATHER_ROUNDS):
+                if len(self.pending) == queued:
+                    break
+                queued = len(self.pending)
+                gevent.sleep(0)
             self._drain(lead=True)
         finally:
             self.busy = False
@@ -253,10 +268,13 @@ class Writer:
         self._deliver(batch, outcomes)
         return []
 
-    @staticmethod
-    def _deliver(batch: list[Request], outcomes: list[tuple[bool, Any]]) -> None:
+    def _deliver(self, batch: list[Request], outcomes: list[tuple[bool, Any]]) -> None:
         for request, (ok, value) in zip(batch, outcomes, strict=True):
             request.set(ok, value)
+        if self.fresh:  # wake this process's workers of queues with new unclaimed jobs
+            queues, self.fresh = self.fresh, []
+            for queue in dict.fromkeys(queues):
+                self.db._notify(queue)
 
     def _transaction(self, batch: list[Request], in_thread: bool, lead: bool = False) -> Any:
         """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a
@@ -311,6 +329,9 @@ class Writer:
             _sql.flush_counts(raw)
             self.db._check_file()
             self._commit(deadline)
+            fresh = _sql.take_fresh(raw)
+            if fresh:
+                self.fresh.extend(fresh)
         except BaseException as exc:
             _sql.discard_counts(raw)
             try:
@@ -329,12 +350,18 @@ class Writer:
     @staticmethod
     def _run_grouped(raw: Any, batch: list[Request]) -> list[tuple[bool, Any]]:
         """Run a batch, handing requests of one function that has a ``many`` variant to it
-        together (one ``executemany``, one claim for many slots)."""
+        together (one ``executemany``, one claim for many slots).
+
+        The requests of a batch are concurrent, so any order is theirs; functions marked
+        ``runs_first`` (the inserts) go first, so that the claims of the same transaction
+        already see the jobs it adds: a slot finishing a job then takes a job added
+        alongside, instead of idling until the pump claims it in another transaction."""
         groups: dict[Any, list[int]] = {}
         for index, request in enumerate(batch):
             groups.setdefault(request.fn, []).append(index)
         results: list[Any] = [None] * len(batch)
-        for fn, indexes in groups.items():
+        order = sorted(groups.items(), key=lambda item: not getattr(item[0], "runs_first", False))
+        for fn, indexes in order:
             many = getattr(fn, "many", None)
             if many is not None and len(indexes) > 1:
                 values = many(raw, [batch[i].args for i in indexes])

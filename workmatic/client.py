@@ -75,10 +75,7 @@ class Client:
             key,
             int(delay_ms == 0),
         )
-        job_id = self.db._write(_sql.insert_job, row)
-        if delay_ms == 0:
-            self.db._notify(self.queue)
-        return job_id
+        return self.db._write(_sql.insert_job, row)  # the commit wakes this queue's workers
 
     def add_many(
         self,
@@ -120,10 +117,7 @@ class Client:
             raise ValidationError({"payloads": errors})
         if not rows:
             return []
-        ids = self.db._write(_sql.insert_jobs, rows, offload=len(rows) > OFFLOAD_ROWS)
-        if due:
-            self.db._notify(queue)
-        return ids
+        return self.db._write(_sql.insert_jobs, rows, offload=len(rows) > OFFLOAD_ROWS)
 
     def get(self, job_id: str) -> Job | None:
         """Return the job with this id (from any queue), or None."""

@@ -1,11 +1,11 @@
 """The database: connections, pragmas, schema, the doors to the writer (``_writer.py``),
 change notification, checkpoints, and every read and admin operation.
 
-Every write of a thread goes through that thread's writer greenlet, which takes every
-request queued since its last commit and runs them in one ``BEGIN IMMEDIATE``
-transaction (group commit). Under gevent's monkey-patching a process has one OS thread,
-so one writer; a program that also uses real threads gets one writer per thread, each
-with its own connection, and SQLite serialises them.
+Every write of a thread goes through that thread's writer (``_writer.Writer``), which
+runs every request queued at that moment in one ``BEGIN IMMEDIATE`` transaction (group
+commit), led by the first caller's own greenlet. Under gevent's monkey-patching a process
+has one OS thread, so one writer; a program that also uses real threads gets one writer
+per thread, each with its own connection, and SQLite serialises them.
 
 Nothing here waits for a lock on the hub: connections use ``busy_timeout = 0`` and a
 busy database is retried with ``gevent.sleep`` backoff until ``lock_timeout``. Large
@@ -384,6 +384,7 @@ class Database:
                 value = fn(raw, *args)
                 _sql.flush_counts(raw)
                 raw.execute("COMMIT")
+                _sql.take_fresh(raw)  # no worker runs before the writers exist
             except BaseException:
                 _sql.discard_counts(raw)
                 raw.execute("ROLLBACK")
