@@ -30,6 +30,7 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -409,6 +410,16 @@ _REAP = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _select_due(limit: int) -> str:
+    return _SELECT_DUE.format(limit=int(limit))  # a literal: see the module notes
+
+
+@functools.lru_cache(maxsize=256)
+def _take(count: int) -> str:
+    return _TAKE.format(marks=",".join("?" * count))
+
+
 def is_paused(conn: Any, queue: str) -> bool:
     """Whether the queue is paused (in every process)."""
     row = conn.execute(_PAUSED, (queue,)).fetchone()
@@ -429,16 +440,17 @@ def claim(
     if promote or now - _promoted.get(mark, 0) >= PROMOTE_EVERY_MS:
         conn.execute(_PROMOTE, (queue, now))
         _promoted[mark] = now
-    select = _SELECT_DUE.format(limit=int(limit))  # a literal: see the module notes
-    ids = [row[0] for row in conn.execute(select, (queue,)).fetchall()]
+    ids = [row[0] for row in conn.execute(_select_due(limit), (queue,)).fetchall()]
     if not ids:
         return []
-    sql = _TAKE.format(marks=",".join("?" * len(ids)))
-    taken = {r[0]: r for r in conn.execute(sql, (lease_until, now, *ids)).fetchall()}
-    _move(conn, queue, "ready", "running", len(taken))
-    _claimed_fresh(conn, queue, taken)
+    rows = conn.execute(_take(len(ids)), (lease_until, now, *ids)).fetchall()
+    _move(conn, queue, "ready", "running", len(rows))
+    if _fresh:
+        _claimed_fresh(conn, queue, ids)
+    if [r[0] for r in rows] != ids:  # RETURNING follows rowids; the claim order may not
+        taken = {r[0]: r for r in rows}
+        rows = [taken[i] for i in ids]
     # In claim order, and in JOB_COLUMNS order (the claim reads only what it does not know).
-    rows = [taken[i] for i in ids]
     return [
         (r[0], r[1], queue, r[2], "running", *r[3:9], None, now, lease_until, r[9], r[10], r[11])
         for r in rows
@@ -556,10 +568,12 @@ def _finish_and_claim_many(
         _, _, _, now, lease_until = next(c for c in calls if c[1] == queue and c[2] > 0)
         claimed[queue] = claim(conn, queue, total, now, lease_until)
     results = []
+    taken: dict[str, int] = {}
     for ok, (_, queue, limit, _, _) in zip(held, calls, strict=True):
+        start = taken.get(queue, 0)
         pool = claimed.get(queue, [])
-        mine, claimed[queue] = pool[:limit], pool[limit:]
-        results.append((ok, mine))
+        results.append((ok, pool[start : start + limit]))
+        taken[queue] = start + limit
     return results
 
 
