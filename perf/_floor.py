@@ -12,7 +12,7 @@ Transactions are grouped the way an ideal group commit would group them:
 * ``seq_add``: one INSERT per transaction (a lone caller cannot be grouped);
 * ``par_add``: 100 INSERTs per transaction (the 100 waiting callers), through
   ``_sql.insert_job.many`` when the core has it (as its writer does);
-* ``add_many``: one ``executemany`` in one transaction;
+* ``add_many``: one ``executemany`` in one transaction (``_sql.insert_batch``, as the core);
 * ``process`` at concurrency *c*: one transaction per round that finishes the *c* jobs of
   the previous round and claims the next *c* (``_sql.finish`` + ``_sql.claim``);
 * ``mixed``: one transaction per round with one INSERT per producer plus the round's
@@ -105,11 +105,16 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
     if case in ("seq_add", "par_add", "add_many"):
         rows = new_rows(jobs)
         many = getattr(_sql.insert_job, "many", None)
+        batch_insert = getattr(_sql, "insert_batch", None)  # what add_many runs, if the core has it
+        batch = (QUEUE, rows[0][3], rows[0][4], rows[0][5], rows[0][6], rows[0][9])
+        items = [(row[0], row[2]) for row in rows]
         group = {"seq_add": 1, "par_add": int(options.get("greenlets", 100))}.get(case, jobs)
         start = time.perf_counter()
         for base in range(0, jobs, group):
             conn.execute("BEGIN IMMEDIATE")
-            if case == "add_many":
+            if case == "add_many" and batch_insert is not None:
+                batch_insert(conn, batch, items)
+            elif case == "add_many":
                 _sql.insert_jobs(conn, rows)
             elif group > 1 and many is not None:  # how the writer runs a group of adds
                 many(conn, [(row,) for row in rows[base : base + group]])

@@ -74,6 +74,21 @@ def test_add_many_is_one_transaction_of_any_size(db: workmatic.Database) -> None
     assert db.get_job(ids[-1]).payload == {"n": 99_999}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "queue", ["it's; DROP TABLE jobs; --", "nul\x00inside", "émoji 🙂 ''", "x" * 255]
+)
+def test_add_many_keeps_any_queue_name_exactly(db: workmatic.Database, queue: str) -> None:
+    """add_many writes the queue into its statement as an SQL string (see _sql.insert_batch):
+    quotes, a NUL, Unicode and the longest name all come back exactly."""
+    client = workmatic.create_client(db, queue)
+    ids = client.add_many([{"n": n} for n in range(3)], priority=-2, delay=60, max_attempts=5)
+    jobs = [db.get_job(job_id) for job_id in ids]
+    assert [(j.queue, j.payload, j.priority, j.max_attempts) for j in jobs if j] == [
+        (queue, {"n": n}, -2, 5) for n in range(3)
+    ]
+    assert client.stats().ready == 3 and db.stats().total == 3
+
+
 def test_add_many_with_one_bad_payload_writes_nothing(memdb: workmatic.Database) -> None:
     client = workmatic.create_client(memdb)
     with pytest.raises(workmatic.ValidationError) as info:

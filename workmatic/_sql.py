@@ -360,6 +360,42 @@ def insert_jobs(conn: Any, rows: Sequence[NewJob]) -> list[str]:
     return _insert_rows(conn, rows) if rows else []
 
 
+#: What the jobs of one ``add_many`` share: (queue, priority, run_at, max_attempts, now, due)
+Batch = tuple[str, int, int, int, int, int]
+
+
+def insert_batch(conn: Any, batch: Batch, items: Sequence[tuple[int, str]]) -> list[str]:
+    """Insert keyless jobs that share everything but their (nonce, payload) ``items``.
+
+    What they share is written into the statement (the integers as integers, the queue as
+    a quoted SQL string), so each row binds two values instead of ten: binding is half the
+    cost of a bulk insert."""
+    if not items:
+        return []
+    queue, priority, run_at, attempts, now, due = batch
+    if "\x00" in queue:  # a NUL cannot appear in SQL text: bind everything instead
+        rows = [(nonce, queue, text, priority, run_at, attempts, now, now, None, due)
+                for nonce, text in items]  # fmt: skip
+        return _insert_rows(conn, rows)
+    quoted = "'" + queue.replace("'", "''") + "'"
+    sql = (
+        "INSERT INTO jobs (nonce, queue, payload, status, priority, run_at, attempts,"
+        " max_attempts, lease_until, created_at, updated_at, key, due)"
+        f" VALUES (?, {quoted}, ?, 'ready', {int(priority)}, {int(run_at)}, 0, {int(attempts)},"
+        f" 0, {int(now)}, {int(now)}, NULL, {int(due)})"
+    )
+    conn.executemany(sql, items)
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    first = last - len(items) + 1
+    check = conn.execute("SELECT nonce, payload, queue FROM jobs WHERE id = ?", (first,)).fetchone()
+    if check is None or tuple(check) != (*items[0], queue):  # pragma: no cover
+        raise RuntimeError("rowids of a batch insert were not consecutive")
+    _bump(conn, queue, "ready", len(items))
+    if due:
+        _note_fresh(conn, queue, range(first, last + 1) if len(items) <= _TRACK_FRESH else None)
+    return [f"{first + i:012x}{nonce:012x}" for i, (nonce, _) in enumerate(items)]
+
+
 _IMPORT = (
     "INSERT INTO jobs (public_id, nonce, queue, payload, status, priority, run_at, attempts,"
     " max_attempts, lease_until, created_at, updated_at, last_error, result, key, due)"

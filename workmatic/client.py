@@ -100,7 +100,7 @@ class Client:
         run_at = now + delay_ms
         due = int(delay_ms == 0)
         queue = self.queue
-        rows = []
+        items = []
         errors: dict[int, Any] = {}
         for index, payload in enumerate(payloads):
             if index % 1000 == 999:
@@ -112,12 +112,13 @@ class Client:
                 if len(errors) >= 100:
                     break
                 continue
-            rows.append((new_nonce(), queue, text, prio, run_at, attempts, now, now, None, due))
+            items.append((new_nonce(), text))
         if errors:
             raise ValidationError({"payloads": errors})
-        if not rows:
+        if not items:
             return []
-        return self.db._write(_sql.insert_jobs, rows, offload=len(rows) > OFFLOAD_ROWS)
+        batch = (queue, prio, run_at, attempts, now, due)
+        return self.db._write(_sql.insert_batch, batch, items, offload=len(items) > OFFLOAD_ROWS)
 
     def get(self, job_id: str) -> Job | None:
         """Return the job with this id (from any queue), or None."""
