@@ -67,6 +67,9 @@ def commit(conn: Any) -> None:
     if flush is not None:
         flush(conn)
     conn.execute("COMMIT")
+    take = getattr(_sql, "take_fresh", None)  # as the writer does after each commit
+    if take is not None:
+        take(conn)
 
 
 def new_rows(count: int, start: int = 0) -> list[Any]:

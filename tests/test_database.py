@@ -261,10 +261,19 @@ def test_lock_timeout_gives_a_clear_error_and_writes_nothing(db_path: str) -> No
 
 def test_closed_database_raises(db_path: str) -> None:
     db = workmatic.create_database(db_path)
+    client = workmatic.create_client(db)
+    client.add({})
     db.close()
-    with pytest.raises(workmatic.DatabaseClosedError):
-        workmatic.create_client(db).add({})
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db_path + suffix):
+            os.remove(db_path + suffix)
+    for _ in range(3):  # nothing is opened (or created) for a write to a closed database
+        with pytest.raises(workmatic.DatabaseClosedError):
+            client.add({})
+        with pytest.raises(workmatic.DatabaseClosedError):
+            client.add_many([{}, {}])
     assert db.is_closed
+    assert not os.path.exists(db_path)
 
 
 def test_the_wal_is_checkpointed_off_the_hub(db: workmatic.Database, db_path: str) -> None:
@@ -292,12 +301,16 @@ def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> Non
     """gunicorn --preload forks after the app (and its Database) was created."""
     client = workmatic.create_client(db, "forked")
     client.add({"from": "parent"})
+    parent_conns = [writer.conn.raw for writer in db._writers.values()]  # kept alive
     pid = os.fork()
     if pid == 0:  # the child: must not reuse the parent's connections or writer
         code = 1
         try:
-            child_id = client.add({"from": "child"})
-            code = 0 if client.get(child_id) is not None else 3
+            child_id = client.add({"from": "child"})  # its very first write, too
+            if any(db._writer().conn.raw is conn for conn in parent_conns):
+                code = 4
+            else:
+                code = 0 if client.get(child_id) is not None else 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

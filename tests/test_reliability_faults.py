@@ -442,6 +442,28 @@ def test_a_file_replaced_by_rename_is_refused_and_the_old_jobs_stay_put(tmp_path
     assert not [p for p in payloads if p.get("n") in (2, 3, 4)], payloads
 
 
+def test_a_file_moved_away_and_replaced_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mv jobs.db* old/; cp fresh.db jobs.db``: the open file is still linked (as
+    old.db), so its descriptor cannot tell; the path's identity, checked at most every
+    PATH_CHECK_INTERVAL (0 here), refuses the commit."""
+    monkeypatch.setattr(workmatic.database, "PATH_CHECK_INTERVAL", 0.0)
+    db_path = str(tmp_path / "jobs.db")
+    db = workmatic.create_database(db_path)
+    try:
+        client = workmatic.create_client(db, "q")
+        client.add({"n": 1})
+        for suffix in ("", "-wal", "-shm"):  # moved whole, as a WAL database must be
+            os.rename(db_path + suffix, str(tmp_path / "old.db") + suffix)
+        with workmatic.create_database(db_path) as fresh:  # a new file at the path
+            fresh.stats()
+        with pytest.raises(workmatic.DatabaseError, match="deleted or replaced"):
+            client.add({"n": 2})
+    finally:
+        db.close()
+
+
 # --- lease bookkeeping ------------------------------------------------------------------
 
 

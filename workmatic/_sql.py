@@ -625,10 +625,10 @@ def finish_many(conn: Any, outcomes: Sequence[Outcome | None]) -> list[bool]:
     another token, another status, or is gone)."""
     held = [True] * len(outcomes)
     done = sorted(
-        (o[1], o[2], o[3], o[4], o[5], i)
-        for i, o in enumerate(outcomes)
-        if o is not None and o[0] == "done"
-    )
+        ((o[1], o[2], o[3], o[4], o[5], i) for i, o in enumerate(outcomes)
+         if o is not None and o[0] == "done"),
+        key=lambda d: (d[0], d[5]),  # row order (ids, then position: never the results)
+    )  # fmt: skip
     if len(done) > 1:
         changed = conn.executemany(
             _COMPLETE, [(result, now, rowid, token) for rowid, token, now, _, result, _ in done]

@@ -15,6 +15,7 @@ thread pool, so the hub keeps serving other greenlets meanwhile.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from .exceptions import DatabaseClosedError, DatabaseError, DatabaseLockedError
 
 if TYPE_CHECKING:
     from .database import Database
+
+log = logging.getLogger(__name__)
 
 get_ident: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident")
 _allocate_lock: Callable[[], Any] = gevent.monkey.get_original("_thread", "allocate_lock")
@@ -274,7 +277,10 @@ class Writer:
         if self.fresh:  # wake this process's workers of queues with new unclaimed jobs
             queues, self.fresh = self.fresh, []
             for queue in dict.fromkeys(queues):
-                self.db._notify(queue)
+                try:
+                    self.db._notify(queue)
+                except Exception:  # pragma: no cover - a subscriber's bug: never the writer's
+                    log.exception("%s: waking the workers of %r failed", self.db._label, queue)
 
     def _transaction(self, batch: list[Request], in_thread: bool, lead: bool = False) -> Any:
         """Run ``batch`` in one transaction. Returns per-request outcomes, or None when a

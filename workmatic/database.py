@@ -63,6 +63,8 @@ T = TypeVar("T")
 
 #: Row count above which a write runs in a real thread instead of on the hub.
 OFFLOAD_ROWS = 2000
+#: Most seconds between two checks of the database path's identity (see ``_check_file``).
+PATH_CHECK_INTERVAL = 0.05
 #: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
 WATCH_INTERVAL = 0.005
 #: How often (seconds) the checkpointer copies the WAL back into the database, in a thread.
@@ -205,13 +207,16 @@ class Database:
 
                 self._uri = f"file:{quote(self.path)}?mode={mode}"
         self._label = self.path or ":memory:"
-        # An open descriptor of the database file: its link count drops to 0 when the file is
-        # deleted or replaced (renamed over), which every commit checks (``_check_file``).
+        # The database file's identity and an open descriptor of it, for ``_check_file``.
+        self._identity: tuple[int, int] | None = None
         self._file_fd: int | None = None
+        self._path_checked = 0.0
         try:
             self._setup(create)
             if self.path is not None and self._uri:
                 self._file_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                st = os.fstat(self._file_fd)
+                self._identity = (st.st_dev, st.st_ino)
         except OSError as exc:
             self.close()
             raise DatabaseError(f"{self._label}: {exc}") from exc
@@ -260,14 +265,37 @@ class Database:
     def _check_file(self) -> None:
         """Refuse to commit into a database file that was deleted or replaced since it was
         opened: SQLite would go on writing to the unlinked file, and the jobs would vanish
-        with the process."""
-        fd = self._file_fd
-        if fd is None:
+        with the process.
+
+        Every commit checks the link count of an open descriptor of the file (~1 µs; it
+        drops to 0 when the file is deleted or renamed over); the path itself (a stat costs
+        3-9 µs) is compared with the file's identity at most every PATH_CHECK_INTERVAL, and
+        on every commit if the descriptor is no longer the file's (closed by a daemoniser,
+        say). A file moved away and replaced is thus refused within that interval, its
+        jobs meanwhile safe in the moved file."""
+        identity = self._identity
+        if identity is None:
             return
+        gone = False
+        path_due = False
         try:
-            gone = os.fstat(fd).st_nlink == 0  # ~1 µs, where a stat of the path costs 3-9
-        except OSError:
-            gone = True
+            st = os.fstat(self._file_fd)  # type: ignore[arg-type]
+            if (st.st_dev, st.st_ino) != identity:
+                path_due = True
+            elif st.st_nlink == 0:
+                gone = True
+        except (OSError, TypeError):
+            path_due = True
+        if not gone:
+            now = time.monotonic()
+            if path_due or now - self._path_checked >= PATH_CHECK_INTERVAL:
+                try:
+                    st = os.stat(self.path)  # type: ignore[arg-type]
+                    gone = (st.st_dev, st.st_ino) != identity
+                except OSError:
+                    gone = True
+                if not gone:
+                    self._path_checked = now
         if gone:
             raise DatabaseError(
                 f"{self._label}: the database file was deleted or replaced while open;"
@@ -415,7 +443,8 @@ class Database:
         self, fn: Callable[..., T], *args: Any, exclusive: bool = False, offload: bool = False
     ) -> T:
         """Run a write in this thread's group commit and return its value once committed."""
-        return self._writer().write(self._request(fn, args, exclusive, offload))  # type: ignore[no-any-return]
+        request = self._request(fn, args, exclusive, offload)  # checks first: closed, forked
+        return self._writer().write(request)  # type: ignore[no-any-return]
 
     def _request(
         self, fn: Callable[..., Any], args: tuple[Any, ...], exclusive: bool, offload: bool

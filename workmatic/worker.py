@@ -413,8 +413,9 @@ class Worker:
                     False,
                     False,
                 )
+                writer = self.db._writer()
                 try:
-                    held, rows = self.db._writer().write(request)
+                    held, rows = writer.write(request)
                 except _StopRequested:  # the write is queued: it commits all the same
                     held, rows = _wait_shielded(request)
                 break
