@@ -115,9 +115,6 @@ class Request:
             self.waiter = None
             self.hub.loop.run_callback(waiter.switch, None)
 
-    def ready(self) -> bool:
-        return self.done
-
     def get(self) -> Any:
         """Wait for the outcome; return the value or raise the error."""
         if not self.done:
