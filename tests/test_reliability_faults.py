@@ -163,12 +163,18 @@ def test_disk_full_on_a_small_tmpfs_fails_clearly_and_recovers(
     assert {e["type"] for e in full["errors"]} == {"DatabaseError"}
     assert all("full" in e["error"] for e in full["errors"]), full["errors"]
     ballast.unlink()
+    free_and_check_recovery(fault, db_path, full, "disk_full_tmpfs")
+
+
+def free_and_check_recovery(fault: Fault, db_path: str, full: dict[str, Any], label: str) -> None:
+    """Tell the fault process space is back; every acknowledged job must then be done,
+    none lost or partial."""
     fault.send("free")
     recovered = fault.expect("recovered", timeout=90)
     fault.finish()
     assert recovered["all_done"], recovered
     stats = check_no_lost_or_partial_job(db_path, fault.acked())
-    print("FIGURES disk_full_tmpfs", json.dumps({"acked_before_full": full["acked"],
+    print(f"FIGURES {label}", json.dumps({"acked_before_full": full["acked"],
           "error": full["errors"][0]["error"], "final": stats}))  # fmt: skip
 
 
@@ -180,13 +186,7 @@ def test_disk_full_by_rlimit_fsize_fails_clearly_and_recovers(
     fault = start(faults, tmp_path, "fill", db_path, "--rlimit", str(1024 * 1024))
     full = fault.expect("full", timeout=90)
     assert {e["type"] for e in full["errors"]} == {"DatabaseError"}, full["errors"]
-    fault.send("free")
-    recovered = fault.expect("recovered", timeout=90)
-    fault.finish()
-    assert recovered["all_done"], recovered
-    stats = check_no_lost_or_partial_job(db_path, fault.acked())
-    print("FIGURES disk_full_rlimit", json.dumps({"acked_before_full": full["acked"],
-          "error": full["errors"][0]["error"], "final": stats}))  # fmt: skip
+    free_and_check_recovery(fault, db_path, full, "disk_full_rlimit")
 
 
 # --- read-only ------------------------------------------------------------------------

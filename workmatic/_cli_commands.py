@@ -435,12 +435,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             count = db.count_jobs(queue=args.queue, status=statuses)
         else:
             count = db.purge(status=None if args.all else statuses, queue=args.queue)
-    if args.json:
-        _print_json({"deleted": 0 if args.dry_run else count, "matched": count})
-    elif args.dry_run:
-        print(f"would delete {_plural(count, 'job')} (dry run)")
-    else:
-        print(f"deleted {_plural(count, 'job')}")
+    _report_bulk(args, count, "delete", "deleted")
     return 0
 
 
@@ -462,13 +457,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
         else:
             status: str | tuple[str, ...] = statuses[0] if len(statuses) == 1 else statuses
             count = db.retry_jobs(status=status, queue=args.queue)
-    if args.json:
-        _print_json({"retried": 0 if args.dry_run else count, "matched": count})
-    elif args.dry_run:
-        print(f"would retry {_plural(count, 'job')} (dry run)")
-    else:
-        print(f"retried {_plural(count, 'job')}: back to ready")
+    _report_bulk(args, count, "retry", "retried", ": back to ready")
     return 0
+
+
+def _report_bulk(
+    args: argparse.Namespace, count: int, verb: str, past: str, tail: str = ""
+) -> None:
+    """Print what a bulk purge or retry did (or, with --dry-run, would do) to ``count`` jobs."""
+    if args.json:
+        _print_json({past: 0 if args.dry_run else count, "matched": count})
+    elif args.dry_run:
+        print(f"would {verb} {_plural(count, 'job')} (dry run)")
+    else:
+        print(f"{past} {_plural(count, 'job')}{tail}")
 
 
 def _retry_ids(args: argparse.Namespace) -> int:
