@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from typing import Any
@@ -87,6 +88,41 @@ def test_processes_jobs_and_stores_results(db: workmatic.Database) -> None:
     assert not worker.is_running
     assert [job_of(db, i).result for i in ids] == [{"double": n * 2} for n in range(20)]
     assert worker.processed == 20
+
+
+def test_the_handlers_job_is_the_stored_job(db: workmatic.Database) -> None:
+    """Every field a handler reads is the job as stored while it runs (the worker decodes
+    most of them only when read); a job read in the handler compares equal to it."""
+    client = workmatic.create_client(db, "q")
+    first = client.add({"n": 1}, key="k-1", priority=2, max_attempts=5)
+    edit_job(db, first, "attempts = 1, last_error = 'boom'")
+    seen: list[tuple[workmatic.Job, workmatic.Job | None]] = []
+    ran = gevent.event.Event()
+
+    def handler(job: workmatic.Job) -> None:
+        seen.append((job, db.get_job(job.id)))
+        ran.set()
+
+    worker = make(db, handler)
+    worker.start()
+    assert ran.wait(10)
+    worker.stop()
+    job, stored = seen[0]
+    assert stored is not None
+    assert job == stored
+    assert dataclasses.asdict(job) == dataclasses.asdict(stored)
+    assert (job.id, job.key, job.priority, job.attempts, job.max_attempts) == (
+        first, "k-1", 2, 1, 5
+    )  # fmt: skip
+    assert (job.status, job.last_error, job.result) == ("running", "boom", None)
+    assert job.lease_until is not None and job.lease_until > job.updated_at >= job.created_at
+    assert "key='k-1'" in repr(job) and first in repr(job)
+    with pytest.raises(AttributeError):
+        job.no_such_field  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.key = "other"  # type: ignore[misc]
+    built = workmatic.Job(first, "q", 1, "ready", 0, 0, 3, job.created_at, job.run_at, None, None)
+    assert (built.updated_at.year, built.lease_until, built.key) == (1970, None, None)
 
 
 def test_at_most_concurrency_handlers_and_no_claim_ahead(db: workmatic.Database) -> None:

@@ -7,9 +7,10 @@ import json.scanner
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["STATUSES", "ImportResult", "Job", "JobStats", "QueueInfo"]
 
@@ -178,6 +179,22 @@ class Job:
     lease_until: datetime | None = None
     key: str | None = None
 
+    if not TYPE_CHECKING:  # hidden from type checkers: a typo must stay a typing error
+
+        def __getattr__(self, name: str) -> Any:
+            # Only called for an attribute not set yet: a field that ``row_to_job`` left in
+            # the stored row (``_row``) is decoded on first use, then kept.
+            try:
+                decode = DEFERRED_FIELDS[name]
+                row = self.__dict__["_row"]
+            except KeyError:
+                raise AttributeError(
+                    f"{type(self).__name__!r} object has no attribute {name!r}"
+                ) from None
+            value = decode(row)
+            object.__setattr__(self, name, value)
+            return value
+
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict: datetimes as ISO 8601 strings plus ``*_ms`` integers."""
         lease = self.lease_until
@@ -201,6 +218,16 @@ class Job:
             "result": self.result,
             "key": self.key,
         }
+
+
+#: Fields a job read may leave undecoded in the stored row: name -> decoder of the row
+#: (filled in by ``database``, which knows the row's layout).
+DEFERRED_FIELDS: dict[str, Callable[[Sequence[Any]], Any]] = {}
+
+
+# The dataclass keeps these defaults for __init__; as class attributes they would shadow
+# __getattr__, so a job built by row_to_job would show the default instead of its row.
+del Job.updated_at, Job.lease_until, Job.key
 
 
 class BrokenPayload(str):
