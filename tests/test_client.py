@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import gevent
 import pytest
 from helpers import edit_job
 from marshmallow import Schema, fields
@@ -72,6 +75,34 @@ def test_add_many_is_one_transaction_of_any_size(db: workmatic.Database) -> None
     assert len(ids) == 100_000 == client.stats().ready
     assert db._writer().commits == writer_commits + 1
     assert db.get_job(ids[-1]).payload == {"n": 99_999}  # type: ignore[union-attr]
+
+
+def test_add_many_lets_timers_run_while_it_serialises(db: workmatic.Database) -> None:
+    """A greenlet waiting on a timer (a lease renewer, a web server's keep-alive) keeps
+    running while add_many serialises a large batch; it is not starved until the insert."""
+    ticks = [0]
+
+    def heartbeat() -> None:
+        while True:
+            gevent.sleep(0.001)
+            ticks[0] += 1
+
+    def payloads() -> Iterator[dict[str, int]]:
+        for n in range(2_000):
+            until = time.perf_counter() + 0.00005  # 50 µs of work each: 100 ms in all
+            while time.perf_counter() < until:
+                pass
+            yield {"n": n, "ticks": ticks[0]}
+
+    beat = gevent.spawn(heartbeat)
+    gevent.sleep(0.01)
+    try:
+        ids = workmatic.create_client(db).add_many(payloads())
+    finally:
+        beat.kill()
+    jobs = [db.get_job(ids[0]), db.get_job(ids[-1])]
+    first, last = (job.payload["ticks"] for job in jobs if job is not None)
+    assert last - first >= 10  # ~50 heartbeats fit in 100 ms; none ran with sleep(0) yields
 
 
 @pytest.mark.parametrize(

@@ -291,6 +291,25 @@ def test_a_broken_user_module_shows_its_traceback(workdir: Path) -> None:
 # --- stopping
 
 
+def test_a_signal_during_import_means_do_not_start(workdir: Path, db: workmatic.Database) -> None:
+    job_id = workmatic.create_client(db, "emails").add({})
+    (workdir / "signalled_mod.py").write_text(
+        "import os, signal\n"
+        "from jobs_mod import make_worker\n"
+        "worker = make_worker()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # as if stopped while the target imports\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "workmatic.runner", "signalled_mod:worker"],
+        capture_output=True, text=True, cwd=workdir, timeout=60,
+        env=child_env(JOBS_DB=str(workdir / "jobs.db")),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "stopped before starting" in result.stderr
+    assert "started:" not in result.stderr
+    assert status(db, job_id) == "ready" and handled(workdir, "start") == []
+
+
 def test_sigterm_lets_a_running_job_finish_within_grace(
     workdir: Path, runners: list[Runner], db: workmatic.Database
 ) -> None:

@@ -37,6 +37,16 @@ get_ident: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident"
 _allocate_lock: Callable[[], Any] = gevent.monkey.get_original("_thread", "allocate_lock")
 real_sleep: Callable[[float], None] = gevent.monkey.get_original("time", "sleep")
 
+
+def hub_turn() -> None:
+    """Let every other greenlet run, those waiting for I/O, a timer or a signal too.
+
+    ``gevent.sleep(0)`` runs only the greenlets already runnable (the hub polls once per
+    50 such yields); any positive sleep waits for the next turn of the event loop, ~4 µs
+    when nothing else is due."""
+    gevent.sleep(1e-6)
+
+
 #: Most requests one group commit takes.
 MAX_BATCH = 1000
 #: How many more times a leader yields while requests keep joining its batch.

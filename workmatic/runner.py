@@ -33,6 +33,7 @@ import gevent.event
 
 import workmatic
 
+from ._writer import hub_turn
 from .exceptions import WorkmaticError
 
 if TYPE_CHECKING:
@@ -472,7 +473,7 @@ class _Stopper:
 def _serve(plan: Plan, settings: Settings, stopper: _Stopper) -> int:
     dashboard = None
     try:
-        gevent.sleep(0)  # let a signal that came during start-up be seen
+        hub_turn()  # let a signal that came during start-up be seen
         if stopper.requested.is_set():
             log.info("stopped before starting")
             return 0
