@@ -271,7 +271,7 @@ def _has_unixepoch(conn: Any) -> bool:
 
 def format_id(rowid: int, nonce: int) -> str:
     """The public id of a job that has no imported one."""
-    return f"{rowid:012x}{nonce:012x}"
+    return "%012x%012x" % (rowid, nonce)  # noqa: UP031 - 1.6x faster than an f-string
 
 
 def parse_id(public_id: str) -> tuple[int, int] | None:
@@ -354,7 +354,7 @@ def _first_rowid(conn: Any, count: int, nonce: int, payload: str, queue: str) ->
 def _format_ids(first: int, nonces: Sequence[int]) -> list[str]:
     """:func:`format_id` of consecutive rowids from ``first`` (inlined: 100,000 calls of
     it cost ~30 ms)."""
-    return [f"{first + i:012x}{nonce:012x}" for i, nonce in enumerate(nonces)]
+    return ["%012x%012x" % (first + i, nonce) for i, nonce in enumerate(nonces)]  # noqa: UP031
 
 
 def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
