@@ -180,6 +180,35 @@ def test_a_write_interrupted_while_it_leads_its_batch_blocks_no_one(
     assert {job.payload.get("n") for job in db.iter_jobs()} == {None, 0, 1, 2, 3, 4}
 
 
+def test_a_loop_of_adds_lets_timers_run(db: workmatic.Database) -> None:
+    """A lone writer skips the hub when no other greenlet is runnable, but not for long: a
+    greenlet waiting on a timer (a lease renewer) still runs during a tight loop of adds,
+    and so does one that became runnable meanwhile."""
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    ticks = [0]
+
+    def heartbeat() -> None:
+        while True:
+            gevent.sleep(0.001)
+            ticks[0] += 1
+
+    beat = gevent.spawn(heartbeat)
+    gevent.sleep(0.01)
+    try:
+        start, seen = ticks[0], []
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            client.add({"ticks": ticks[0]})
+            if len(seen) < 1:
+                gevent.spawn(seen.append, "ran")  # runnable at once: must run within one add
+                client.add({})
+                assert seen == ["ran"]
+    finally:
+        beat.kill()
+    assert ticks[0] - start >= 20  # ~200 heartbeats fit; a writer that never yields: 0
+
+
 def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Database) -> None:
     client = workmatic.create_client(db)
 
