@@ -42,9 +42,11 @@ def hub_turn() -> None:
     """Let every other greenlet run, those waiting for I/O, a timer or a signal too.
 
     ``gevent.sleep(0)`` runs only the greenlets already runnable (the hub polls once per
-    50 such yields); any positive sleep waits for the next turn of the event loop, ~4 µs
-    when nothing else is due."""
-    gevent.sleep(1e-6)
+    50 such yields). A timer that is due at once waits for one full turn of the event loop
+    (a poll for I/O that does not block, then the timers due): a few µs when nothing else
+    is ready. (A positive ``sleep`` can make the loop block for its minimum wait, 1 ms.)"""
+    hub = gevent.get_hub()
+    hub.wait(hub.loop.timer(0))
 
 
 #: Most requests one group commit takes.
