@@ -3,7 +3,10 @@ lock held by another process never freezing the hub."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
+import random
 import sqlite3
 import threading
 import time
@@ -130,6 +133,19 @@ def test_adopts_an_existing_connection(tmp_path: Path) -> None:
         workmatic.create_database(connection="not a connection")
 
 
+def test_jobs_read_through_a_row_factory_connection_pickle(tmp_path: Path) -> None:
+    """An adopted connection may return sqlite3.Row objects: the jobs read through it are
+    plain, whole records (they pickle, and hold no row)."""
+    conn = sqlite3.connect(str(tmp_path / "rows.db"), check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    with workmatic.create_database(connection=conn) as db:
+        job_id = workmatic.create_client(db, "q").add({"a": 1}, key="k")
+        job = db.get_job(job_id)
+        assert job is not None and (job.id, job.key, job.payload) == (job_id, "k", {"a": 1})
+        assert pickle.loads(pickle.dumps(job)) == job == db.list_jobs()[0]
+        assert set(vars(job)) == {f.name for f in dataclasses.fields(workmatic.Job)}
+
+
 def test_memory_database_works(memdb: workmatic.Database) -> None:
     client = workmatic.create_client(memdb)
     ids = client.add_many([{"n": i} for i in range(10)])
@@ -178,6 +194,40 @@ def test_a_write_interrupted_while_it_leads_its_batch_blocks_no_one(
     assert isinstance(leader.exception, Interrupted)
     assert all(g.successful() for g in followers)
     assert {job.payload.get("n") for job in db.iter_jobs()} == {None, 0, 1, 2, 3, 4}
+
+
+def test_adds_woken_by_timers_are_group_committed(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handlers that wake from a sleep (or a socket read) and then add, under steady load:
+    those woken in the same turn of the event loop share a commit, as if they had been
+    runnable together (a leader that only looked at runnable greenlets, not at the
+    watchers the loop's poll made pending, committed nearly all of them alone)."""
+    from workmatic import _writer
+
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    sizes: list[int] = []
+    take = _writer.Writer._take
+
+    def counting_take(self: _writer.Writer) -> list[_writer.Request]:
+        batch = take(self)
+        sizes.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(_writer.Writer, "_take", counting_take)
+    rng = random.Random(7)
+    delays = [[rng.uniform(0, 0.002) for _ in range(60)] for _ in range(50)]
+
+    def handler(pauses: list[float]) -> None:
+        for pause in pauses:
+            gevent.sleep(pause)
+            client.add({})
+
+    gevent.joinall([gevent.spawn(handler, pauses) for pauses in delays], raise_error=True)
+    assert client.stats().ready == 1 + 50 * 60
+    alone = sizes.count(1)
+    assert alone <= 0.3 * len(sizes), f"{alone} of {len(sizes)} commits had one add"
 
 
 def test_a_loop_of_adds_lets_timers_run(db: workmatic.Database) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
+import pickle
 import time
 from typing import Any
 
@@ -117,6 +119,8 @@ def test_the_handlers_job_is_the_stored_job(db: workmatic.Database) -> None:
     assert (job.status, job.last_error, job.result) == ("running", "boom", None)
     assert job.lease_until is not None and job.lease_until > job.updated_at >= job.created_at
     assert "key='k-1'" in repr(job) and first in repr(job)
+    for copied in (pickle.loads(pickle.dumps(job)), copy.deepcopy(job), copy.copy(job)):
+        assert copied == stored and vars(copied) == vars(stored)  # whole, no stored row
     with pytest.raises(AttributeError):
         job.no_such_field  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -2,15 +2,16 @@
 cooperative retry while another connection holds the lock.
 
 The first caller to find the writer idle leads: it yields (once, or a few times while
-more requests keep joining), so that every greenlet ready to write queues its request
-behind it, then runs them all in one ``BEGIN IMMEDIATE`` transaction in its own greenlet
-(a lone caller pays no hand-off to another greenlet). The writer greenlet runs what a
-leader must not: writes that wait for another connection's lock, and writes that run
-alone or in a thread. Requests of one function that has a ``many`` variant (inserts,
-finish-and-claim) are handed to it together. If one request of a batch fails, the batch
-is rolled back and each request is run again alone, so a bad request never fails its
-neighbours. A transaction that asks for it runs whole in a real thread of gevent's
-thread pool, so the hub keeps serving other greenlets meanwhile.
+more requests keep joining; not at all when no other greenlet is runnable), so that every
+greenlet ready to write queues its request behind it, then runs them all in one
+``BEGIN IMMEDIATE`` transaction in its own greenlet (a lone caller pays no hand-off to
+another greenlet). The writer greenlet runs what a leader must not: writes that wait for
+another connection's lock, and writes that run alone or in a thread. Requests of one
+function that has a ``many`` variant (inserts, finish-and-claim) are handed to it
+together. If one request of a batch fails, the batch is rolled back and each request is
+run again alone, so a bad request never fails its neighbours. A transaction that asks
+for it runs whole in a real thread of gevent's thread pool, so the hub keeps serving
+other greenlets meanwhile.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ def hub_turn() -> None:
 
     ``gevent.sleep(0)`` runs only the greenlets already runnable (the hub polls once per
     50 such yields). A timer that is due at once waits for one full turn of the event loop
-    (a poll for I/O that does not block, then the timers due): a few µs when nothing else
-    is ready. (A positive ``sleep`` can make the loop block for its minimum wait, 1 ms.)"""
+    (a poll for I/O and signals that does not block, and the timers due; what the poll
+    made ready may run a turn later): a few µs when nothing else is ready. (A positive
+    ``sleep`` can make the loop block for its minimum wait, 1 ms.)"""
     hub = gevent.get_hub()
-    hub.wait(hub.loop.timer(0))
+    with hub.loop.timer(0) as timer:
+        hub.wait(timer)
 
 
 #: Most requests one group commit takes.
@@ -152,12 +155,13 @@ _BUSY = object()  # a leader's transaction found the lock taken: hand the batch 
 class Writer:
     """The writes of one hub, run in group-committed transactions.
 
-    A caller that finds the writer idle *leads*: it yields once (so every greenlet ready
-    to write queues its request behind it), then runs the whole queue in one transaction
-    in its own greenlet and wakes the others. Callers that find a transaction running
-    queue their request and wait. The writer greenlet takes what a leader cannot: writes
-    that must run alone or in a thread, and transactions that must wait for another
-    connection's lock (a leader never sleeps while holding other callers' requests).
+    A caller that finds the writer idle *leads*: it yields (so every greenlet ready to
+    write queues its request behind it; not when none is runnable), then runs the whole
+    queue in one transaction in its own greenlet and wakes the others. Callers that find
+    a transaction running queue their request and wait. The writer greenlet takes what a
+    leader cannot: writes that must run alone or in a thread, and transactions that must
+    wait for another connection's lock (a leader never sleeps while holding other
+    callers' requests).
     """
 
     def __init__(self, db: Database, conn: Conn) -> None:
@@ -170,8 +174,12 @@ class Writer:
         self.commits = 0
         self.fresh: list[str] = []  # queues to notify after the commit being delivered
         self.checkpointer: gevent.Greenlet | None = None
-        # The hub's queue of runnable greenlets (gevent's, private: without it, always yield).
-        self.runnable: Any = getattr(self.hub.loop, "_callbacks", None)
+        # What can run next without a poll: gevent's queue of callbacks (private) and, on
+        # libev, the watchers the last poll made pending (greenlets woken by a timer or
+        # I/O). Elsewhere (libuv: its pending watchers cannot be seen), always yield.
+        loop = self.hub.loop
+        libev = type(loop).__module__.startswith("gevent.libev")
+        self.runnable: Any = getattr(loop, "_callbacks", None) if libev else None
         self.turned = 0.0  # when a leader last yielded
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = "workmatic-writer"
@@ -196,11 +204,11 @@ class Writer:
             # (~8 µs): a lone writer skips it, but takes a full turn (timers, I/O) at least
             # every TURN_EVERY, as does a busy one.
             queued = len(self.pending)
-            now = time.monotonic()
+            now = time.perf_counter()
             if now - self.turned >= TURN_EVERY:
                 self.turned = now
                 hub_turn()
-            elif self.runnable is None or self.runnable:
+            elif self.runnable is None or self.runnable or self.hub.loop.pendingcnt:
                 gevent.sleep(0)
             for _ in range(GATHER_ROUNDS):
                 if len(self.pending) == queued:

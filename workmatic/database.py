@@ -82,12 +82,20 @@ if hasattr(os, "register_at_fork"):
 
 
 def row_to_job(row: Sequence[Any]) -> Job:
-    """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows.
+    """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
+    job = claimed_job(row)
+    values = job.__dict__
+    del values["_row"]
+    for name, decode in DEFERRED_FIELDS.items():  # a job read for a user is complete
+        values[name] = decode(row)
+    return job
 
-    What a handler needs at once is decoded here; the id, the timestamps, the error, the
-    result and the key are decoded from the row on first access (``Job.__getattr__``):
-    building them costs about half of a claimed job's Python time, and most handlers
-    never read them."""
+
+def claimed_job(row: Sequence[Any]) -> Job:
+    """:func:`row_to_job` for a job a worker claimed: what a handler needs is decoded at
+    once; the id, the timestamps, the error, the result and the key are decoded from the
+    row on first access (``Job.__getattr__``). Building them costs about half of a
+    claimed job's Python time, and most handlers never read them."""
     job = _new_job(Job)
     # A frozen dataclass's __init__ sets each field through object.__setattr__; giving the
     # instance its dict whole is several times cheaper (this runs once per job claimed).

@@ -31,7 +31,7 @@ import marshmallow
 from marshmallow import Schema
 
 from . import _sql
-from .database import Database, row_to_job
+from .database import Database, claimed_job
 from .exceptions import (
     DatabaseClosedError,
     DatabaseError,
@@ -304,7 +304,7 @@ class Worker:
         return None if rows else self.poll_interval
 
     def _launch(self, row: tuple[Any, ...]) -> None:
-        running = _Running(row_to_job(row), row[0], row[15])
+        running = _Running(claimed_job(row), row[0], row[15])
         self._running[running.rowid] = running
         running.greenlet = self._pool.spawn(self._slot, running)
 
@@ -448,7 +448,7 @@ class Worker:
             self.processed += 1
         if not rows:
             return None
-        nxt = _Running(row_to_job(rows[0]), rows[0][0], rows[0][15])
+        nxt = _Running(claimed_job(rows[0]), rows[0][0], rows[0][15])
         self._running[nxt.rowid] = nxt
         return nxt
 
