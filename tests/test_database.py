@@ -3,7 +3,9 @@ lock held by another process never freezing the hub."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import datetime as dt
 import os
 import pickle
 import random
@@ -144,6 +146,18 @@ def test_jobs_read_through_a_row_factory_connection_pickle(tmp_path: Path) -> No
         assert job is not None and (job.id, job.key, job.payload) == (job_id, "k", {"a": 1})
         assert pickle.loads(pickle.dumps(job)) == job == db.list_jobs()[0]
         assert set(vars(job)) == {f.name for f in dataclasses.fields(workmatic.Job)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantJob(workmatic.Job):
+    tenant: str = "none"
+
+
+def test_a_job_subclass_pickles_with_its_own_fields() -> None:
+    when = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    job = TenantJob("i", "q", {}, "ready", 0, 0, 1, when, when, None, None, tenant="acme")
+    for copied in (pickle.loads(pickle.dumps(job)), copy.deepcopy(job)):
+        assert copied == job and copied.tenant == "acme"
 
 
 def test_memory_database_works(memdb: workmatic.Database) -> None:

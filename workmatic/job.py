@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +197,13 @@ class Job:
 
     def __getstate__(self) -> dict[str, Any]:
         # A job pickles (and copies) whole: every field decoded, never the stored row.
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        state = self.__dict__.copy()
+        row = state.pop("_row", None)
+        if row is not None:
+            for name, decode in DEFERRED_FIELDS.items():
+                if name not in state:
+                    state[name] = decode(row)
+        return state
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict: datetimes as ISO 8601 strings plus ``*_ms`` integers."""
@@ -232,7 +238,6 @@ DEFERRED_FIELDS: dict[str, Callable[[Sequence[Any]], Any]] = {}
 # The dataclass keeps these defaults for __init__; as class attributes they would shadow
 # __getattr__, so a job built by row_to_job would show the default instead of its row.
 del Job.updated_at, Job.lease_until, Job.key
-_FIELD_NAMES = tuple(f.name for f in fields(Job))
 
 
 class BrokenPayload(str):
