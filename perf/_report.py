@@ -56,14 +56,6 @@ def _share(a: float | None, b: float | None) -> str:
     return f"{a / b:.0%}"
 
 
-def _floor_share(ours: float | None, floor: float | None, io: bool) -> str:
-    """Workmatic's rate as a share of its floor's, marked when over FLOOR_FACTOR its cost."""
-    share = _share(ours, floor)
-    if share and not io and ours is not None and floor and ours * FLOOR_FACTOR < floor:
-        share += " FAIL"
-    return share
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return ""
@@ -128,11 +120,15 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
                 mark = "" if o is None else (" ok" if o >= 2 * node else " FAIL")
                 node_cell = f"{o / node:.1f}x{mark}" if o is not None else ""
             stall = f.get("ours") or {}
+            floor = _rate(f.get("floor"))
+            judged = bool(floor) and not io  # the row's floor target (the I/O row has none)
+            within = o is not None and floor is not None and o * FLOOR_FACTOR >= floor
+            share = _share(o, floor)
             cells = [
                 row.title,
                 _fmt_rate(f.get("ours"), io),
                 _fmt_rate(f.get("floor")),
-                _floor_share(o, _rate(f.get("floor")), io),
+                share + " FAIL" if share and judged and not within else share,
             ]
             if mode == "file":
                 cells += [
@@ -152,14 +148,14 @@ def render(rows: list[Row], figures: dict[str, Result], info: dict[str, Any]) ->
             if mode == "file":
                 cells.append(_target_cell(row.key, o, _rate(f.get("huey_normal"))))
             body.append(cells)
-            floor = _rate(f.get("floor"))
-            if floor and not io:
+            if judged:
+                assert floor is not None
                 verdicts.append(
                     {
                         "target": f"{mode}: {row.title} within {FLOOR_FACTOR:g}x the floor's cost"
                         f" (>= {floor / FLOOR_FACTOR:,.0f}/s)",
                         "measured": f"{o:,.0f}/s ({o / floor:.0%})" if o is not None else "ERR",
-                        "pass": o is not None and o * FLOOR_FACTOR >= floor,
+                        "pass": within,
                     }
                 )
             if node and o is not None:

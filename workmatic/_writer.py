@@ -180,7 +180,7 @@ class Writer:
         loop = self.hub.loop
         libev = type(loop).__module__.startswith("gevent.libev")
         self.runnable: Any = getattr(loop, "_callbacks", None) if libev else None
-        self.turned = 0.0  # when a leader last yielded
+        self.turned = 0.0  # when a leader last let the event loop take a full turn
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = "workmatic-writer"
 

@@ -47,6 +47,7 @@ from .job import (
     Job,
     JobStats,
     QueueInfo,
+    decode_deferred,
     decode_json,
     ms_to_datetime,
     now_ms,
@@ -84,10 +85,7 @@ if hasattr(os, "register_at_fork"):
 def row_to_job(row: Sequence[Any]) -> Job:
     """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
     job = claimed_job(row)
-    values = job.__dict__
-    del values["_row"]
-    for name, decode in DEFERRED_FIELDS.items():  # a job read for a user is complete
-        values[name] = decode(row)
+    decode_deferred(job.__dict__)  # a job read for a user is complete
     return job
 
 

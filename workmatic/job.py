@@ -197,13 +197,7 @@ class Job:
 
     def __getstate__(self) -> dict[str, Any]:
         # A job pickles (and copies) whole: every field decoded, never the stored row.
-        state = self.__dict__.copy()
-        row = state.pop("_row", None)
-        if row is not None:
-            for name, decode in DEFERRED_FIELDS.items():
-                if name not in state:
-                    state[name] = decode(row)
-        return state
+        return decode_deferred(self.__dict__.copy())
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict: datetimes as ISO 8601 strings plus ``*_ms`` integers."""
@@ -233,6 +227,17 @@ class Job:
 #: Fields a job read may leave undecoded in the stored row: name -> decoder of the row
 #: (filled in by ``database``, which knows the row's layout).
 DEFERRED_FIELDS: dict[str, Callable[[Sequence[Any]], Any]] = {}
+
+
+def decode_deferred(values: dict[str, Any]) -> dict[str, Any]:
+    """Decode into ``values`` (a job's attributes) every field still left in its stored
+    row, drop the row, and return ``values``."""
+    row = values.pop("_row", None)
+    if row is not None:
+        for name, decode in DEFERRED_FIELDS.items():
+            if name not in values:
+                values[name] = decode(row)
+    return values
 
 
 # The dataclass keeps these defaults for __init__; as class attributes they would shadow
