@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import gevent
+import pytest
 from helpers import edit_job, wait_for
 
 import workmatic
@@ -19,8 +21,28 @@ def truth(db: workmatic.Database) -> dict[tuple[str, str], int]:
 
 
 def counted(db: workmatic.Database) -> dict[tuple[str, str], int]:
-    rows = db._read(lambda c: c.execute("SELECT queue, status, n FROM counts WHERE n").fetchall())
-    return {(q, s): n for q, s, n in rows}
+    """What the counts say (through the path ``stats()`` reads), zeros left out."""
+    by_queue, _ = db._read(_sql.count_by_queue)
+    return {(q, s): n for q, by_status in by_queue.items() for s, n in by_status.items()}
+
+
+@pytest.fixture
+def fold_every(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Set how many adds a connection folds after, counting from now."""
+
+    def setter(n: int) -> None:
+        monkeypatch.setattr(_sql, "FOLD_EVERY", n)
+        monkeypatch.setattr(_sql, "_unfolded", {})  # no count left by an earlier test
+
+    return setter
+
+
+def mark(db: workmatic.Database) -> int:
+    return int(db._read(lambda c: c.execute("SELECT w FROM count_mark").fetchone()[0]))
+
+
+def last_rowid(db: workmatic.Database) -> int:
+    return int(db._read(lambda c: c.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]))
 
 
 def test_counts_match_the_jobs_after_a_mixed_workload(db: workmatic.Database) -> None:
@@ -105,3 +127,69 @@ def test_recount_repairs_hand_edits(memdb: workmatic.Database) -> None:
     assert client.stats().ready == 3  # counts do not see edits made behind workmatic's back
     memdb.recount()
     assert client.stats().dead == 3 and client.stats().ready == 0
+
+
+def test_added_jobs_are_folded_into_the_totals_every_so_often(
+    memdb: workmatic.Database, fold_every: Callable[[int], None]
+) -> None:
+    fold_every(10)
+    client = workmatic.create_client(memdb, "q")
+    for n in range(1, 36):
+        client.add({"n": n})
+        assert client.stats().ready == n
+        # the jobs after the mark (scanned by every count) stay fewer than a fold's worth
+        assert 0 <= last_rowid(memdb) - mark(memdb) < 10
+    assert mark(memdb) == 30
+    assert counted(memdb) == truth(memdb) == {("q", "ready"): 35}
+
+
+def test_a_large_batch_is_counted_as_it_is_inserted(
+    memdb: workmatic.Database, fold_every: Callable[[int], None]
+) -> None:
+    fold_every(10)
+    client = workmatic.create_client(memdb, "a")
+    client.add_many([{}] * 4)  # a small one is left for the next fold
+    assert mark(memdb) == 0
+    client.add_many([{}] * 25)  # a large one folds the small one and counts itself
+    assert mark(memdb) == last_rowid(memdb) == 29
+    memdb.import_jobs([{"queue": "b", "payload": "{}", "status": s} for s in workmatic.STATUSES])
+    assert counted(memdb) == truth(memdb)
+
+
+def test_deleting_the_newest_jobs_lowers_the_mark_so_reused_rowids_count(
+    memdb: workmatic.Database, fold_every: Callable[[int], None]
+) -> None:
+    fold_every(5)
+    a, b = workmatic.create_client(memdb, "a"), workmatic.create_client(memdb, "b")
+    for _ in range(10):
+        a.add({})
+    for _ in range(10):
+        b.add({})
+    assert mark(memdb) == 20
+    memdb.purge(queue="b", status="ready")  # rowids 11-20: SQLite hands them out again
+    assert mark(memdb) == last_rowid(memdb) == 10
+    new = [b.add({}) for _ in range(3)]
+    assert [int(job_id[:12], 16) for job_id in new] == [11, 12, 13]  # reused indeed
+    assert counted(memdb) == truth(memdb) == {("a", "ready"): 10, ("b", "ready"): 3}
+    memdb.purge(status="ready")
+    assert mark(memdb) == 0 and counted(memdb) == truth(memdb) == {}
+    a.add({})
+    assert counted(memdb) == truth(memdb) == {("a", "ready"): 1}
+
+
+def test_moving_jobs_across_the_mark_keeps_each_queues_counts(
+    memdb: workmatic.Database, fold_every: Callable[[int], None]
+) -> None:
+    fold_every(4)
+    client = workmatic.create_client(memdb, "a")
+    ids = [client.add({}) for _ in range(6)]  # 4 up to the mark, 2 after it
+    assert mark(memdb) == 4
+    memdb.move_job(ids[0], "b")  # counted in the totals
+    memdb.move_job(ids[5], "b")  # after the mark
+    assert counted(memdb) == truth(memdb) == {("a", "ready"): 4, ("b", "ready"): 2}
+    memdb.transfer("a", "c", limit=3)  # two before the mark, one after it
+    assert (
+        counted(memdb) == truth(memdb) == {("a", "ready"): 1, ("b", "ready"): 2, ("c", "ready"): 3}
+    )
+    memdb.recount()
+    assert mark(memdb) == 6 and counted(memdb) == truth(memdb)

@@ -410,3 +410,33 @@ def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> Non
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert client.add({"from": "parent again"})
     assert sorted(j.payload["from"] for j in client.list()) == ["child", "parent", "parent again"]
+
+
+def test_version_2_database_is_migrated_to_counting_ready_jobs_from_the_mark(
+    db_path: str,
+) -> None:
+    conn = raw(db_path)
+    for statement in _sql.MIGRATIONS[1] + _sql.MIGRATIONS[2]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    statuses = ["ready", "ready", "running", "done", "dead", "ready"]
+    for i, status in enumerate(statuses):
+        conn.execute(
+            "INSERT INTO jobs (nonce, queue, payload, status, run_at, created_at, updated_at)"
+            " VALUES (?, ?, '{}', ?, 0, 1, 1)",
+            (i, "a" if i % 2 else "b", status),
+        )
+    # version 2's counts, with a counter of ready jobs (and a wrong one: it is rebuilt)
+    conn.execute("INSERT INTO counts VALUES ('a', 'ready', 99), ('b', 'done', 1)")
+    conn.close()
+    with workmatic.create_database(db_path) as db:
+        assert db.stats("a").as_dict() == {
+            "ready": 2, "running": 0, "done": 1, "failed": 0, "dead": 0, "total": 3
+        }  # fmt: skip
+        assert db.stats("b").as_dict() == {
+            "ready": 1, "running": 1, "done": 0, "failed": 0, "dead": 1, "total": 3
+        }  # fmt: skip
+        assert db._read(lambda c: c.execute("SELECT w FROM count_mark").fetchall()) == [(6,)]
+        workmatic.create_client(db, "a").add({})
+        assert db.stats("a").ready == 3 and db.count_jobs(status="ready") == 4
+    assert raw(db_path).execute("PRAGMA user_version").fetchone()[0] == 3

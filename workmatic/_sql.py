@@ -16,11 +16,20 @@ Design notes:
   first promotes delayed jobs whose time has come (an index seek that stops at the first
   future job), so the claim itself never rescans jobs that are not yet due, however many
   there are and whatever their priority.
-* ``counts`` holds the number of jobs by queue and status. Every function here that
-  changes a job's queue or status records the change with :func:`_bump`; the writer calls
-  :func:`flush_counts` once before each commit (:func:`discard_counts` on rollback), so a
-  group commit of many jobs costs one upsert per (queue, status) it touched.
-  :func:`recount` rebuilds it from the jobs (after a file was edited by hand).
+* ``counts`` holds, by queue, the number of jobs in every status but ``ready`` and the
+  number of jobs up to a rowid watermark (``count_mark.w``) in status ``'*'``; the ready
+  count is derived: the jobs up to the mark, plus those after it (a short rowid range
+  scan), minus the jobs in other statuses (:func:`_count_rows`, one statement, so one
+  snapshot). So adding a job writes nothing but its row: no counter (its page in the WAL
+  was a fifth of a lone add's cost), and a claim or a retry moves no ``ready`` counter.
+  Every function here that changes a job's queue or status records the change with
+  :func:`_bump`; the writer calls :func:`flush_counts` once before each commit
+  (:func:`discard_counts` on rollback), so a group commit of many jobs costs one upsert
+  per (queue, status) it touched. Every :data:`FOLD_EVERY` jobs a connection adds, its
+  flush folds the jobs after the mark into the totals and moves the mark (:func:`_fold`);
+  a batch larger than that is folded as it is inserted. Deletions lower the mark when they
+  remove the newest rows, whose rowids SQLite hands out again. :func:`recount` rebuilds it
+  all from the jobs (after a file was edited by hand).
 * Limits are written into the SQL as literals, never bound: pysqlite3's SQLite is built
   with STAT4, which re-prepares a statement whenever a bound value the planner looked at
   changes (a bound ``LIMIT ?`` made every claim re-parse and re-plan its statement).
@@ -34,7 +43,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The columns every job read returns, in this order (see ``database.row_to_job``).
 JOB_COLUMNS = (
@@ -118,8 +127,27 @@ _V2 = [
     " GROUP BY queue, status",
 ]
 
+#: The pseudo-status under which ``counts`` holds a queue's jobs up to the mark.
+TOTAL = "*"
+
+_RECOUNT = [
+    "DELETE FROM counts",
+    "INSERT INTO counts (queue, status, n) SELECT queue, status, count(*) FROM jobs"
+    " WHERE status != 'ready' GROUP BY queue, status",
+    f"INSERT INTO counts (queue, status, n) SELECT queue, '{TOTAL}', count(*) FROM jobs"
+    " WHERE true GROUP BY queue",
+    "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)",
+]
+
+# Version 3: ready jobs counted from a rowid watermark instead of a counter (module notes).
+_V3 = [
+    "CREATE TABLE IF NOT EXISTS count_mark (w INTEGER NOT NULL)",
+    "INSERT INTO count_mark (w) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM count_mark)",
+    *_RECOUNT,
+]
+
 #: Migrations by the version they lead to.
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 LEASE_EXPIRED = (
     "lease expired: the worker holding this job stopped renewing its lease"
@@ -131,13 +159,33 @@ LEASE_EXPIRED = (
 
 _deltas: dict[int, dict[tuple[str, str], int]] = {}
 
+#: Jobs a connection added since its last fold (a heuristic: it only decides when to fold).
+_unfolded: dict[int, int] = {}
+
+#: A connection folds the jobs after the mark into the totals once it added this many:
+#: the ready count then scans at most that many rows per process adding jobs.
+FOLD_EVERY = 1000
+
 _UPSERT_COUNT = (
     "INSERT INTO counts (queue, status, n) VALUES (?, ?, ?)"
     " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n"
 )
+_MARK = "SELECT w FROM count_mark"
+_FOLD = (
+    f"INSERT INTO counts (queue, status, n) SELECT queue, '{TOTAL}', count(*) FROM jobs"
+    " WHERE id > (SELECT w FROM count_mark) GROUP BY queue"
+    " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n"
+)
+_SET_MARK = "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
+_LOWER_MARK = (
+    "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
+    " WHERE w > (SELECT coalesce(max(id), 0) FROM jobs)"
+)
 
 
 def _bump(conn: Any, queue: str, status: str, n: int = 1) -> None:
+    if status == "ready":
+        return  # derived from the totals (module notes)
     pending = _deltas.setdefault(id(conn), {})
     key = (queue, status)
     pending[key] = pending.get(key, 0) + n
@@ -149,6 +197,24 @@ def _move(conn: Any, queue: str, old: str, new: str, n: int = 1) -> None:
         _bump(conn, queue, new, n)
 
 
+def _grow(conn: Any, n: int) -> None:
+    """Note ``n`` jobs added after the mark (they are counted by the rowid scan)."""
+    key = id(conn)
+    _unfolded[key] = _unfolded.get(key, 0) + n
+
+
+def _mark(conn: Any) -> int:
+    """The rowid up to which the totals count the jobs."""
+    return int(conn.execute(_MARK).fetchone()[0])
+
+
+def _fold(conn: Any) -> None:
+    """Count the jobs after the mark into the totals and move the mark to the last job."""
+    conn.execute(_FOLD)
+    conn.execute(_SET_MARK)
+    _unfolded.pop(id(conn), None)
+
+
 def flush_counts(conn: Any) -> None:
     """Apply the count changes of the open transaction (call just before COMMIT)."""
     pending = _deltas.pop(id(conn), None)
@@ -156,6 +222,8 @@ def flush_counts(conn: Any) -> None:
         rows = [(q, st, n) for (q, st), n in pending.items() if n]
         if rows:
             conn.executemany(_UPSERT_COUNT, rows)
+    if _unfolded and _unfolded.get(id(conn), 0) >= FOLD_EVERY:
+        _fold(conn)
 
 
 def discard_counts(conn: Any) -> None:
@@ -204,29 +272,31 @@ def take_fresh(conn: Any) -> list[str]:
 
 
 def recount(conn: Any) -> None:
-    """Rebuild the counts table from the jobs themselves."""
+    """Rebuild the counts table (and the mark) from the jobs themselves."""
     discard_counts(conn)
-    conn.execute("DELETE FROM counts")
-    conn.execute(
-        "INSERT INTO counts (queue, status, n) SELECT queue, status, count(*) FROM jobs"
-        " GROUP BY queue, status"
-    )
+    _unfolded.pop(id(conn), None)
+    for statement in _RECOUNT:
+        conn.execute(statement)
 
 
 def _tally(
     conn: Any, where: str, params: Sequence[Any], limit: int | None = None
-) -> dict[tuple[str, str], int]:
-    """``{(queue, status): n}`` of the jobs a set-based statement is about to change."""
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """``{(queue, status): (n, up to the mark)}`` of the jobs a set-based statement is about
+    to change: how many, and how many of them the totals count."""
+    mark = _mark(conn)
     if limit is None:
-        sql = f"SELECT queue, status, count(*) FROM jobs{where} GROUP BY queue, status"
-        rows = conn.execute(sql, params)
+        sql = (
+            f"SELECT queue, status, count(*), sum(id <= {mark}) FROM jobs{where}"
+            " GROUP BY queue, status"
+        )
     else:
         sql = (
-            f"SELECT queue, status, count(*) FROM (SELECT queue, status FROM jobs{where}"
-            f" ORDER BY id LIMIT {int(limit)}) GROUP BY queue, status"
+            f"SELECT queue, status, count(*), sum(id <= {mark}) FROM (SELECT id, queue, status"
+            f" FROM jobs{where} ORDER BY id LIMIT {int(limit)}) GROUP BY queue, status"
         )
-        rows = conn.execute(sql, params)
-    return {(str(q), str(st)): int(n) for q, st, n in rows.fetchall()}
+    rows = conn.execute(sql, params).fetchall()
+    return {(str(q), str(st)): (int(n), int(k or 0)) for q, st, n, k in rows}
 
 
 def schema_version(conn: Any) -> int:
@@ -314,7 +384,7 @@ def insert_job(conn: Any, row: NewJob) -> str:
         if found is not None:
             return str(found[1]) if found[1] is not None else format_id(found[0], found[2])
     rowid = conn.execute(_INSERT, row).lastrowid
-    _bump(conn, row[1], "ready")
+    _grow(conn, 1)
     if row[9]:
         _note_fresh(conn, row[1], (rowid,))
     return format_id(rowid, row[0])
@@ -323,13 +393,14 @@ def insert_job(conn: Any, row: NewJob) -> str:
 def _insert_rows(conn: Any, rows: Sequence[NewJob]) -> list[str]:
     """Insert keyless rows with one ``executemany``. SQLite gives rows appended to the table
     consecutive rowids, so the ids follow from the last one (checked on the first)."""
+    counted = _before_batch(conn, len(rows))
     conn.executemany(_INSERT, rows)
     first = _first_rowid(conn, len(rows), rows[0][0], rows[0][2], rows[0][1])
-    by_queue: dict[str, int] = {}
-    for row in rows:
-        by_queue[row[1]] = by_queue.get(row[1], 0) + 1
-    for queue, n in by_queue.items():
-        _bump(conn, queue, "ready", n)
+    if counted:
+        by_queue: dict[str, int] = {}
+        for row in rows:
+            by_queue[row[1]] = by_queue.get(row[1], 0) + 1
+        _after_batch(conn, by_queue)
     if len(rows) > _TRACK_FRESH:
         for queue in {row[1] for row in rows if row[9]}:
             _note_fresh(conn, queue, None)
@@ -338,6 +409,25 @@ def _insert_rows(conn: Any, rows: Sequence[NewJob]) -> list[str]:
             if row[9]:
                 _note_fresh(conn, row[1], (first + i,))
     return _format_ids(first, [row[0] for row in rows])
+
+
+def _before_batch(conn: Any, count: int) -> bool:
+    """Before inserting ``count`` jobs: True if they are to be counted into the totals as
+    they are inserted (a large batch: the jobs after the mark are folded first, so that the
+    batch is all there is after it), else False (they are noted for the next fold)."""
+    if count <= FOLD_EVERY:
+        _grow(conn, count)
+        return False
+    _fold(conn)
+    return True
+
+
+def _after_batch(conn: Any, by_queue: dict[str, int]) -> None:
+    """Count a batch :func:`_before_batch` chose to count (``{queue: jobs}``) into the
+    totals, and move the mark past it."""
+    for queue, count in by_queue.items():
+        _bump(conn, queue, TOTAL, count)
+    conn.execute(_SET_MARK)
 
 
 def _first_rowid(conn: Any, count: int, nonce: int, payload: str, queue: str) -> int:
@@ -397,9 +487,11 @@ def insert_batch(conn: Any, batch: Batch, items: Sequence[tuple[int, str]]) -> l
         f" VALUES (?, {quoted}, ?, 'ready', {int(priority)}, {int(run_at)}, 0, {int(attempts)},"
         f" 0, {int(now)}, {int(now)}, NULL, {int(due)})"
     )
+    counted = _before_batch(conn, len(items))
     conn.executemany(sql, items)
     first = _first_rowid(conn, len(items), *items[0], queue)
-    _bump(conn, queue, "ready", len(items))
+    if counted:
+        _after_batch(conn, {queue: len(items)})
     if due:
         _note_fresh(conn, queue, range(first, first + len(items)))
     return _format_ids(first, [nonce for nonce, _ in items])
@@ -424,6 +516,7 @@ def import_jobs(conn: Any, records: Iterable[dict[str, Any]]) -> tuple[int, int]
         conn.execute(_IMPORT, record)
         inserted += 1
         _bump(conn, record["queue"], record["status"])
+        _grow(conn, 1)
     return inserted, skipped
 
 
@@ -751,28 +844,61 @@ def page_jobs(
     return list(conn.execute(sql, (*params, after)).fetchall())
 
 
+_COUNT_ROWS = (
+    "SELECT queue, status, n FROM counts WHERE status != 'ready'{where}"
+    f" UNION ALL SELECT queue, '{TOTAL}', count(*) FROM jobs"
+    " WHERE id > (SELECT w FROM count_mark){where} GROUP BY queue"
+)
+
+
+def _count_rows(conn: Any, queue: str | None) -> dict[str, dict[str, int]]:
+    """``{queue: {status: n}}`` of one queue or all, ready included (zeros left out): one
+    statement, so the totals, the jobs after the mark and the other statuses are read in
+    one snapshot."""
+    if queue is None:
+        rows = conn.execute(_COUNT_ROWS.format(where="")).fetchall()
+    else:
+        rows = conn.execute(_COUNT_ROWS.format(where=" AND queue = ?1"), (queue,)).fetchall()
+    totals: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for q, status, n in rows:
+        if status == TOTAL:
+            totals[str(q)] = totals.get(str(q), 0) + int(n)
+        elif n:
+            counts.setdefault(str(q), {})[str(status)] = int(n)
+    for q, total in totals.items():
+        by_status = counts.setdefault(q, {})
+        ready = total - sum(by_status.values())
+        if ready:
+            by_status["ready"] = ready
+    return {q: by_status for q, by_status in counts.items() if by_status}
+
+
 def count_jobs(conn: Any, queue: str | None, statuses: Sequence[str] | None) -> int:
-    """How many jobs match (from the counts table: constant time)."""
-    where, params = _where(queue, statuses)
-    row = conn.execute(f"SELECT coalesce(sum(n), 0) FROM counts{where}", params).fetchone()
-    return int(row[0])
+    """How many jobs match (from the counts table, and the jobs added since the last fold:
+    at most :data:`FOLD_EVERY` per process adding jobs)."""
+    counts = _count_rows(conn, queue)
+    wanted = None if not statuses else set(statuses)
+    return sum(
+        n
+        for by_status in counts.values()
+        for status, n in by_status.items()
+        if wanted is None or status in wanted
+    )
 
 
 def count_by_status(conn: Any, queue: str | None) -> dict[str, int]:
     """``{status: count}`` for one queue or for all."""
-    if queue is None:
-        rows = conn.execute("SELECT status, sum(n) FROM counts GROUP BY status")
-    else:
-        rows = conn.execute("SELECT status, n FROM counts WHERE queue = ?", (queue,))
-    return {str(status): int(n) for status, n in rows.fetchall()}
+    total: dict[str, int] = {}
+    for by_status in _count_rows(conn, queue).values():
+        for status, n in by_status.items():
+            total[status] = total.get(status, 0) + n
+    return total
 
 
 def count_by_queue(conn: Any) -> tuple[dict[str, dict[str, int]], dict[str, bool]]:
     """``{queue: {status: count}}`` and ``{queue: paused}`` for every known queue."""
-    counts: dict[str, dict[str, int]] = {}
-    for queue, status, n in conn.execute("SELECT queue, status, n FROM counts").fetchall():
-        if n:
-            counts.setdefault(str(queue), {})[str(status)] = int(n)
+    counts = _count_rows(conn, None)
     paused = {str(name): bool(p) for name, p in conn.execute("SELECT name, paused FROM queues")}
     return counts, paused
 
@@ -824,7 +950,7 @@ def retry_jobs(conn: Any, queue: str | None, statuses: Sequence[str], now: int) 
     where, params = _where(queue, statuses)
     tally = _tally(conn, where, params)
     n = int(conn.execute(f"UPDATE jobs SET {_RESET}{where}", (now, now, *params)).rowcount)
-    for (q, status), k in tally.items():
+    for (q, status), (k, _) in tally.items():
         _move(conn, q, status, "ready", k)
     return n
 
@@ -834,8 +960,11 @@ def purge(conn: Any, queue: str | None, statuses: Sequence[str]) -> int:
     where, params = _where(queue, statuses)
     tally = _tally(conn, where, params)
     n = int(conn.execute(f"DELETE FROM jobs{where}", params).rowcount)
-    for (q, status), k in tally.items():
+    for (q, status), (k, counted) in tally.items():
         _bump(conn, q, status, -k)
+        _bump(conn, q, TOTAL, -counted)
+    if n:
+        conn.execute(_LOWER_MARK)  # SQLite reuses the rowids of the newest rows deleted
     return n
 
 
@@ -852,9 +981,11 @@ def transfer(
     )
     tally = _tally(conn, where, params, limit)
     n = int(conn.execute(sql, (*values, *params)).rowcount)
-    for (_, status), k in tally.items():
+    for (_, status), (k, counted) in tally.items():
         _bump(conn, source, status, -k)
         _bump(conn, target, "ready" if reset else status, k)
+        _bump(conn, source, TOTAL, -counted)
+        _bump(conn, target, TOTAL, counted)
     return n
 
 
@@ -868,4 +999,7 @@ def move_job(conn: Any, public_id: str, target: str, now: int) -> str | None:
         conn.execute("UPDATE jobs SET queue = ?, updated_at = ? WHERE id = ?", (target, now, rowid))
         _bump(conn, queue, status, -1)
         _bump(conn, target, status, 1)
+        if rowid <= _mark(conn):
+            _bump(conn, queue, TOTAL, -1)
+            _bump(conn, target, TOTAL, 1)
     return status
