@@ -143,6 +143,19 @@ def test_added_jobs_are_folded_into_the_totals_every_so_often(
     assert counted(memdb) == truth(memdb) == {("q", "ready"): 35}
 
 
+def test_jobs_left_by_short_lived_producers_are_folded_too(
+    db_path: str, fold_every: Callable[[int], None]
+) -> None:
+    fold_every(10)
+    for n in range(1, 21):  # a process that opens the file, adds 3 jobs and exits
+        with workmatic.create_database(db_path) as db:
+            for _ in range(3):
+                workmatic.create_client(db, "q").add({})
+            assert 0 <= last_rowid(db) - mark(db) < 10 + 3
+            assert db.stats().ready == 3 * n
+    assert not _sql._unfolded  # closing forgets its connections
+
+
 def test_a_large_batch_is_counted_as_it_is_inserted(
     memdb: workmatic.Database, fold_every: Callable[[int], None]
 ) -> None:

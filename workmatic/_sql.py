@@ -159,12 +159,14 @@ LEASE_EXPIRED = (
 
 _deltas: dict[int, dict[tuple[str, str], int]] = {}
 
-#: Jobs a connection added since its last fold (a heuristic: it only decides when to fold).
+#: How many jobs a connection saw after the mark: read from the file at its first add
+#: after a fold (so that jobs left by processes that exited count too), then counted up
+#: by its own adds. A heuristic: it only decides when to fold.
 _unfolded: dict[int, int] = {}
 
-#: A connection folds the jobs after the mark into the totals once it added this many:
-#: the ready count then scans at most that many rows per process adding jobs.
-FOLD_EVERY = 1000
+#: A connection folds the jobs after the mark into the totals once it sees this many
+#: after it: a ready count scans about that many rows per connection adding jobs.
+FOLD_EVERY = 250
 
 _UPSERT_COUNT = (
     "INSERT INTO counts (queue, status, n) VALUES (?, ?, ?)"
@@ -176,6 +178,7 @@ _FOLD = (
     " WHERE id > (SELECT w FROM count_mark) GROUP BY queue"
     " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n"
 )
+_AFTER_MARK = "SELECT coalesce((SELECT max(id) FROM jobs), 0) - w FROM count_mark"
 _SET_MARK = "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
 _LOWER_MARK = (
     "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
@@ -198,9 +201,12 @@ def _move(conn: Any, queue: str, old: str, new: str, n: int = 1) -> None:
 
 
 def _grow(conn: Any, n: int) -> None:
-    """Note ``n`` jobs added after the mark (they are counted by the rowid scan)."""
+    """Note ``n`` jobs about to be added after the mark (call before inserting them)."""
     key = id(conn)
-    _unfolded[key] = _unfolded.get(key, 0) + n
+    seen = _unfolded.get(key)
+    if seen is None:  # an index seek, once per fold
+        seen = int(conn.execute(_AFTER_MARK).fetchone()[0])
+    _unfolded[key] = seen + n
 
 
 def _mark(conn: Any) -> int:
@@ -230,6 +236,14 @@ def discard_counts(conn: Any) -> None:
     """Forget the count changes (and fresh jobs) of a transaction that was rolled back."""
     _deltas.pop(id(conn), None)
     _fresh.pop(id(conn), None)
+    _unfolded.pop(id(conn), None)
+
+
+def forget(conn: Any) -> None:
+    """Drop what this module keeps about a connection that is being closed."""
+    discard_counts(conn)
+    for mark in [mark for mark in _promoted if mark[0] == id(conn)]:
+        _promoted.pop(mark, None)
 
 
 # --- fresh jobs -------------------------------------------------------------------------
@@ -383,8 +397,8 @@ def insert_job(conn: Any, row: NewJob) -> str:
         found = conn.execute(_FIND_ACTIVE_KEY, (row[1], key)).fetchone()
         if found is not None:
             return str(found[1]) if found[1] is not None else format_id(found[0], found[2])
-    rowid = conn.execute(_INSERT, row).lastrowid
     _grow(conn, 1)
+    rowid = conn.execute(_INSERT, row).lastrowid
     if row[9]:
         _note_fresh(conn, row[1], (rowid,))
     return format_id(rowid, row[0])
@@ -513,10 +527,10 @@ def import_jobs(conn: Any, records: Iterable[dict[str, Any]]) -> tuple[int, int]
         if public_id and locate(conn, public_id) is not None:
             skipped += 1
             continue
+        _grow(conn, 1)
         conn.execute(_IMPORT, record)
         inserted += 1
         _bump(conn, record["queue"], record["status"])
-        _grow(conn, 1)
     return inserted, skipped
 
 
@@ -851,14 +865,20 @@ _COUNT_ROWS = (
 )
 
 
-def _count_rows(conn: Any, queue: str | None) -> dict[str, dict[str, int]]:
-    """``{queue: {status: n}}`` of one queue or all, ready included (zeros left out): one
+_COUNT_OTHERS = f"SELECT queue, status, n FROM counts WHERE status NOT IN ('ready', '{TOTAL}')"
+_COUNT_OTHERS += "{where}"
+
+
+def _count_rows(conn: Any, queue: str | None, ready: bool = True) -> dict[str, dict[str, int]]:
+    """``{queue: {status: n}}`` of one queue or all (zeros left out), with the ready jobs
+    unless ``ready`` is False (they alone need the scan of the jobs after the mark). One
     statement, so the totals, the jobs after the mark and the other statuses are read in
     one snapshot."""
+    sql = _COUNT_ROWS if ready else _COUNT_OTHERS
     if queue is None:
-        rows = conn.execute(_COUNT_ROWS.format(where="")).fetchall()
+        rows = conn.execute(sql.format(where="")).fetchall()
     else:
-        rows = conn.execute(_COUNT_ROWS.format(where=" AND queue = ?1"), (queue,)).fetchall()
+        rows = conn.execute(sql.format(where=" AND queue = ?1"), (queue,)).fetchall()
     totals: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
     for q, status, n in rows:
@@ -868,17 +888,17 @@ def _count_rows(conn: Any, queue: str | None) -> dict[str, dict[str, int]]:
             counts.setdefault(str(q), {})[str(status)] = int(n)
     for q, total in totals.items():
         by_status = counts.setdefault(q, {})
-        ready = total - sum(by_status.values())
-        if ready:
-            by_status["ready"] = ready
+        rest = total - sum(by_status.values())
+        if rest:
+            by_status["ready"] = rest
     return {q: by_status for q, by_status in counts.items() if by_status}
 
 
 def count_jobs(conn: Any, queue: str | None, statuses: Sequence[str] | None) -> int:
-    """How many jobs match (from the counts table, and the jobs added since the last fold:
-    at most :data:`FOLD_EVERY` per process adding jobs)."""
-    counts = _count_rows(conn, queue)
+    """How many jobs match (from the counts table; ready jobs also from the jobs added since
+    the last fold: about :data:`FOLD_EVERY` per connection adding jobs)."""
     wanted = None if not statuses else set(statuses)
+    counts = _count_rows(conn, queue, ready=wanted is None or "ready" in wanted)
     return sum(
         n
         for by_status in counts.values()

@@ -545,6 +545,7 @@ class Database:
         for conn in self._all_conns:
             conn.acquire(False)
             try:
+                _sql.forget(conn.raw)
                 conn.raw.close()
             except Exception:  # pragma: no cover - closing is best effort
                 pass
