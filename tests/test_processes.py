@@ -98,3 +98,40 @@ def test_a_killed_worker_job_runs_again_after_its_lease_expires(
     ]
     assert runs == [("A", 0, "start"), ("B", 1, "start"), ("B", 1, "end")]
     assert all(db.get_job(i).status == "done" for i in others)  # type: ignore[union-attr]
+
+
+def test_counts_stay_exact_with_short_lived_producers_workers_and_purges_in_other_processes(
+    db: workmatic.Database, db_path: str, tmp_path: Path
+) -> None:
+    """The ready count comes from the jobs after a rowid mark (see ``_sql``): producers that
+    exit before a fold's worth, a large batch, two workers and purges, all in their own
+    processes or connections, leave stats() equal to the jobs themselves."""
+    record = tmp_path / "record.txt"
+    workers = [start_worker(db_path, record, name, "--concurrency", "4") for name in ("w1", "w2")]
+    added = 0
+    try:
+        for round_ in range(12):  # two producers at a time, each adding 37 jobs and exiting
+            batch = ["--batch", "300"] if round_ == 2 else []
+            pair = [script("producer", db_path, "q", "37" if not batch else "600", *batch)]
+            pair.append(script("producer", db_path, "q", "37"))
+            for producer in pair:
+                out, err = producer.communicate(timeout=60)
+                assert producer.returncode == 0, err
+                added += len([line for line in out.split() if line != "done"])
+            if round_ in (3, 5):
+                db.purge(status="done")
+        wait_for(lambda: db.stats("q").ready == db.stats("q").running == 0, timeout=60)
+    finally:
+        for proc in workers:
+            stop(proc)
+    truth = db._read(
+        lambda c: c.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+    )
+    stats = db.stats("q").as_dict()
+    assert {status: stats[status] for status, _ in truth} == dict(truth)
+    assert stats["total"] == sum(n for _, n in truth) <= added == 11 * 74 + 637
+    assert stats["done"] == stats["total"] > 0
+    after_mark = db._read(
+        lambda c: c.execute("SELECT max(id) - (SELECT w FROM count_mark) FROM jobs").fetchone()[0]
+    )
+    assert after_mark < workmatic._sql.FOLD_EVERY + 2 * 37  # exited producers' jobs folded too
