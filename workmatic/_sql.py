@@ -409,7 +409,7 @@ def _insert_rows(conn: Any, rows: Sequence[NewJob]) -> list[str]:
     consecutive rowids, so the ids follow from the last one (checked on the first)."""
     counted = _before_batch(conn, len(rows))
     conn.executemany(_INSERT, rows)
-    first = _first_rowid(conn, len(rows), rows[0][0], rows[0][2], rows[0][1])
+    first = _first_rowid(conn, len(rows), rows[0][0], rows[0][1])
     if counted:
         by_queue: dict[str, int] = {}
         for row in rows:
@@ -444,15 +444,17 @@ def _after_batch(conn: Any, by_queue: dict[str, int]) -> None:
     conn.execute(_SET_MARK)
 
 
-def _first_rowid(conn: Any, count: int, nonce: int, payload: str, queue: str) -> int:
+_FIRST_OF_BATCH = "SELECT id, nonce, queue FROM jobs WHERE id = last_insert_rowid() - ?"
+
+
+def _first_rowid(conn: Any, count: int, nonce: int, queue: str) -> int:
     """The rowid of the first of the ``count`` rows just inserted by one ``executemany``:
-    SQLite gives rows appended to the table consecutive rowids (checked on the first)."""
-    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-    first = last - count + 1
-    check = conn.execute("SELECT nonce, payload, queue FROM jobs WHERE id = ?", (first,))
-    if tuple(check.fetchone() or ()) != (nonce, payload, queue):  # pragma: no cover
+    SQLite gives rows appended to the table consecutive rowids (checked on the first: its
+    random 48-bit nonce and its queue; one statement, which fetches no payload)."""
+    row = conn.execute(_FIRST_OF_BATCH, (count - 1,)).fetchone()
+    if row is None or row[1] != nonce or row[2] != queue:  # pragma: no cover
         raise RuntimeError("rowids of a batch insert were not consecutive")
-    return first
+    return int(row[0])
 
 
 def _format_ids(first: int, nonces: Sequence[int]) -> list[str]:
@@ -503,7 +505,7 @@ def insert_batch(conn: Any, batch: Batch, items: Sequence[tuple[int, str]]) -> l
     )
     counted = _before_batch(conn, len(items))
     conn.executemany(sql, items)
-    first = _first_rowid(conn, len(items), *items[0], queue)
+    first = _first_rowid(conn, len(items), items[0][0], queue)
     if counted:
         _after_batch(conn, {queue: len(items)})
     if due:
