@@ -130,13 +130,16 @@ _V2 = [
 #: The pseudo-status under which ``counts`` holds a queue's jobs up to the mark.
 TOTAL = "*"
 
+_LAST_ROWID = "(SELECT coalesce(max(id), 0) FROM jobs)"
+_SET_MARK = f"UPDATE count_mark SET w = {_LAST_ROWID}"
+
 _RECOUNT = [
     "DELETE FROM counts",
     "INSERT INTO counts (queue, status, n) SELECT queue, status, count(*) FROM jobs"
     " WHERE status != 'ready' GROUP BY queue, status",
     f"INSERT INTO counts (queue, status, n) SELECT queue, '{TOTAL}', count(*) FROM jobs"
     " WHERE true GROUP BY queue",
-    "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)",
+    _SET_MARK,
 ]
 
 # Version 3: ready jobs counted from a rowid watermark instead of a counter (module notes).
@@ -178,12 +181,8 @@ _FOLD = (
     " WHERE id > (SELECT w FROM count_mark) GROUP BY queue"
     " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n"
 )
-_AFTER_MARK = "SELECT coalesce((SELECT max(id) FROM jobs), 0) - w FROM count_mark"
-_SET_MARK = "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
-_LOWER_MARK = (
-    "UPDATE count_mark SET w = (SELECT coalesce(max(id), 0) FROM jobs)"
-    " WHERE w > (SELECT coalesce(max(id), 0) FROM jobs)"
-)
+_AFTER_MARK = f"SELECT {_LAST_ROWID} - w FROM count_mark"
+_LOWER_MARK = f"{_SET_MARK} WHERE w > {_LAST_ROWID}"
 
 
 def _bump(conn: Any, queue: str, status: str, n: int = 1) -> None:
@@ -233,7 +232,8 @@ def flush_counts(conn: Any) -> None:
 
 
 def discard_counts(conn: Any) -> None:
-    """Forget the count changes (and fresh jobs) of a transaction that was rolled back."""
+    """Forget the count changes, fresh jobs and adds since the last fold noted for a
+    transaction that was rolled back."""
     _deltas.pop(id(conn), None)
     _fresh.pop(id(conn), None)
     _unfolded.pop(id(conn), None)
@@ -288,7 +288,6 @@ def take_fresh(conn: Any) -> list[str]:
 def recount(conn: Any) -> None:
     """Rebuild the counts table (and the mark) from the jobs themselves."""
     discard_counts(conn)
-    _unfolded.pop(id(conn), None)
     for statement in _RECOUNT:
         conn.execute(statement)
 
@@ -867,8 +866,9 @@ _COUNT_ROWS = (
 )
 
 
-_COUNT_OTHERS = f"SELECT queue, status, n FROM counts WHERE status NOT IN ('ready', '{TOTAL}')"
-_COUNT_OTHERS += "{where}"
+_COUNT_OTHERS = (
+    f"SELECT queue, status, n FROM counts WHERE status NOT IN ('ready', '{TOTAL}'){{where}}"
+)
 
 
 def _count_rows(conn: Any, queue: str | None, ready: bool = True) -> dict[str, dict[str, int]]:

@@ -303,9 +303,14 @@ class Worker:
             self._launch(row)
         return None if rows else self.poll_interval
 
-    def _launch(self, row: tuple[Any, ...]) -> None:
+    def _claimed(self, row: tuple[Any, ...]) -> _Running:
+        """Track a job this worker just claimed (``row``: ``_sql.JOB_COLUMNS``)."""
         running = _Running(claimed_job(row), row[0], row[15])
         self._running[running.rowid] = running
+        return running
+
+    def _launch(self, row: tuple[Any, ...]) -> None:
+        running = self._claimed(row)
         running.greenlet = self._pool.spawn(self._slot, running)
 
     # --- a slot ----------------------------------------------------------------------------
@@ -448,9 +453,7 @@ class Worker:
             self.processed += 1
         if not rows:
             return None
-        nxt = _Running(claimed_job(rows[0]), rows[0][0], rows[0][15])
-        self._running[nxt.rowid] = nxt
-        return nxt
+        return self._claimed(rows[0])
 
     # --- leases ----------------------------------------------------------------------------
 
