@@ -287,6 +287,56 @@ def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Databa
     assert client.stats().ready == 5
 
 
+def test_a_lone_add_commits_without_a_greenlet_switch(db: workmatic.Database) -> None:
+    """With nothing else runnable, an add runs its transaction in the caller's greenlet at
+    once: no switch to the hub and back (but still a full turn of the event loop at least
+    every millisecond: see the test above)."""
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    switches = [0]
+
+    def count(event: str, args: object) -> None:
+        if event in ("switch", "throw"):
+            switches[0] += 1
+
+    switched = 0
+    previous = greenlet.settrace(count)
+    try:
+        for n in range(200):
+            before = switches[0]
+            client.add({"n": n})
+            switched += switches[0] != before
+    finally:
+        greenlet.settrace(previous)
+    assert client.stats().ready == 201
+    assert switched <= 100, f"{switched} of 200 lone adds switched greenlets"
+
+
+def test_a_lone_write_that_fails_is_rolled_back(db: workmatic.Database) -> None:
+    """A write run alone in its caller's greenlet: an exception from it, or an SQL error,
+    rolls back what it did and reaches the caller; the next write runs as usual."""
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    row = (1, "default", "{}", 0, 0, 3, 0, 0, None, 1)
+
+    def add_then_fail(conn: sqlite3.Connection) -> None:
+        _sql.insert_job(conn, row)
+        raise RuntimeError("boom")
+
+    def add_then_bad_sql(conn: sqlite3.Connection) -> None:
+        _sql.insert_job(conn, row)
+        conn.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        db._write(add_then_fail)
+    with pytest.raises(workmatic.DatabaseError, match="no_such_table"):
+        db._write(add_then_bad_sql)
+    assert client.stats().total == 1 and db.count_jobs() == 1
+    client.add({"after": True})
+    assert [j.payload for j in db.iter_jobs()] == [{"warm": True}, {"after": True}]
+    assert client.stats().ready == 2
+
+
 def test_usable_from_other_os_threads(db: workmatic.Database) -> None:
     client = workmatic.create_client(db, "threads")
     errors: list[BaseException] = []

@@ -28,7 +28,7 @@ import gevent.event
 import gevent.monkey
 
 from . import _driver, _sql
-from ._writer import Conn, Request, Writer, get_ident, real_sleep
+from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
 from .exceptions import (
     DatabaseClosedError,
     DatabaseError,
@@ -466,8 +466,14 @@ class Database:
         self, fn: Callable[..., T], *args: Any, exclusive: bool = False, offload: bool = False
     ) -> T:
         """Run a write in this thread's group commit and return its value once committed."""
-        request = self._request(fn, args, exclusive, offload)  # checks first: closed, forked
-        return self._writer().write(request)  # type: ignore[no-any-return]
+        self._check()  # first: closed, forked
+        writer = self._writer()
+        if not (exclusive or offload):
+            value = writer.run_alone(fn, args)
+            if value is not NOT_RUN:
+                return value  # type: ignore[no-any-return]
+        request = self._request(fn, args, exclusive, offload)
+        return writer.write(request)  # type: ignore[no-any-return]
 
     def _request(
         self, fn: Callable[..., Any], args: tuple[Any, ...], exclusive: bool, offload: bool

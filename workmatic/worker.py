@@ -31,6 +31,7 @@ import marshmallow
 from marshmallow import Schema
 
 from . import _sql
+from ._writer import NOT_RUN
 from .database import Database, claimed_job
 from .exceptions import (
     DatabaseClosedError,
@@ -411,18 +412,18 @@ class Worker:
         while True:
             want = 0 if (self._stopping or self._paused) else 1
             now = now_ms()
+            args = (outcome, self.queue, want, now, now + self._lease_ms)
             try:
-                request = self.db._request(
-                    _sql.finish_and_claim,
-                    (outcome, self.queue, want, now, now + self._lease_ms),
-                    False,
-                    False,
-                )
+                self.db._check()
                 writer = self.db._writer()
-                try:
-                    held, rows = writer.write(request)
-                except _StopRequested:  # the write is queued: it commits all the same
-                    held, rows = _wait_shielded(request)
+                value = writer.run_alone(_sql.finish_and_claim, args)  # never yields
+                if value is NOT_RUN:
+                    request = self.db._request(_sql.finish_and_claim, args, False, False)
+                    try:
+                        value = writer.write(request)
+                    except _StopRequested:  # the write is queued: it commits all the same
+                        value = _wait_shielded(request)
+                held, rows = value
                 break
             except DatabaseClosedError:
                 # Nothing more can be written: the job stays claimed until its lease
