@@ -287,18 +287,30 @@ def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Databa
     assert client.stats().ready == 5
 
 
-def test_a_lone_add_commits_without_a_greenlet_switch(db: workmatic.Database) -> None:
+def test_a_lone_add_commits_at_once_without_a_request_or_switch(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With nothing else runnable, an add runs its transaction in the caller's greenlet at
-    once: no switch to the hub and back (but still a full turn of the event loop at least
-    every millisecond: see the test above)."""
+    once (``Writer.run_alone``): no request for the group commit, no switch to the hub and
+    back; but the loop still takes a full turn at least every millisecond (through the
+    group-commit path: see the test above)."""
+    from workmatic import _writer
+
     client = workmatic.create_client(db)
     client.add({"warm": True})
     switches = [0]
+    requests = [0]
+    write = _writer.Writer.write
+
+    def counting_write(self: _writer.Writer, request: _writer.Request) -> object:
+        requests[0] += 1
+        return write(self, request)
 
     def count(event: str, args: object) -> None:
         if event in ("switch", "throw"):
             switches[0] += 1
 
+    monkeypatch.setattr(_writer.Writer, "write", counting_write)
     switched = 0
     previous = greenlet.settrace(count)
     try:
@@ -310,14 +322,23 @@ def test_a_lone_add_commits_without_a_greenlet_switch(db: workmatic.Database) ->
         greenlet.settrace(previous)
     assert client.stats().ready == 201
     assert switched <= 100, f"{switched} of 200 lone adds switched greenlets"
+    assert requests[0] <= 100, f"{requests[0]} of 200 lone adds went through a request"
 
 
-def test_a_lone_write_that_fails_is_rolled_back(db: workmatic.Database) -> None:
+def test_a_lone_write_that_fails_is_rolled_back(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A write run alone in its caller's greenlet: an exception from it, or an SQL error,
     rolls back what it did and reaches the caller; the next write runs as usual."""
+    from workmatic import _writer
+
     client = workmatic.create_client(db)
     client.add({"warm": True})
+    writer = db._writer()
     row = (1, "default", "{}", 0, 0, 3, 0, 0, None, 1)
+
+    def not_alone(self: _writer.Writer, request: _writer.Request) -> object:
+        raise AssertionError("the write went through the group commit")
 
     def add_then_fail(conn: sqlite3.Connection) -> None:
         _sql.insert_job(conn, row)
@@ -327,10 +348,14 @@ def test_a_lone_write_that_fails_is_rolled_back(db: workmatic.Database) -> None:
         _sql.insert_job(conn, row)
         conn.execute("SELECT * FROM no_such_table")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        db._write(add_then_fail)
-    with pytest.raises(workmatic.DatabaseError, match="no_such_table"):
-        db._write(add_then_bad_sql)
+    with monkeypatch.context() as patch:
+        patch.setattr(_writer.Writer, "write", not_alone)
+        writer.turned = time.perf_counter()  # the loop's turn is not due: run alone
+        with pytest.raises(RuntimeError, match="boom"):
+            db._write(add_then_fail)
+        writer.turned = time.perf_counter()
+        with pytest.raises(workmatic.DatabaseError, match="no_such_table"):
+            db._write(add_then_bad_sql)
     assert client.stats().total == 1 and db.count_jobs() == 1
     client.add({"after": True})
     assert [j.payload for j in db.iter_jobs()] == [{"warm": True}, {"after": True}]
