@@ -250,8 +250,9 @@ class Writer:
             # Let every greenlet that is ready to write queue behind this one; while more
             # keep coming (they were one hop behind), wait a little longer. When none is
             # runnable none can join, and a yield would only cost a turn of the event loop
-            # (~8 µs): a lone writer skips it, but takes a full turn (timers, I/O) at least
-            # every TURN_EVERY, as does a busy one.
+            # (~8 µs): a lone writer skips it (and so does a leader whose batch is
+            # complete), but takes a full turn (timers, I/O) at least every TURN_EVERY, as
+            # does a busy one.
             queued = len(self.pending)
             now = time.perf_counter()
             if now - self.turned >= TURN_EVERY:
@@ -260,7 +261,9 @@ class Writer:
             elif self.runnable is None or self.runnable or self.hub.loop.pendingcnt:
                 gevent.sleep(0)
             for _ in range(GATHER_ROUNDS):
-                if len(self.pending) == queued:
+                if len(self.pending) == queued or not (
+                    self.runnable is None or self.runnable or self.hub.loop.pendingcnt
+                ):
                     break
                 queued = len(self.pending)
                 gevent.sleep(0)
