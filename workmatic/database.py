@@ -465,7 +465,9 @@ class Database:
     def _write(
         self, fn: Callable[..., T], *args: Any, exclusive: bool = False, offload: bool = False
     ) -> T:
-        """Run a write in this thread's group commit and return its value once committed."""
+        """Run a write in this thread's group commit and return its value once committed
+        (a write that is neither exclusive nor offloaded runs at once when it would
+        commit alone anyway: ``Writer.run_alone``)."""
         self._check()  # first: closed, forked
         writer = self._writer()
         if not (exclusive or offload):
