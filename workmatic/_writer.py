@@ -194,6 +194,12 @@ class Writer:
         if not self.busy and not self.wake.is_set():
             self.wake.set()
 
+    def _others_runnable(self) -> bool:
+        """Whether another greenlet may run before the next poll of the event loop (and so
+        could join a group commit): a callback queued, or a watcher the last poll made
+        pending. Without a way to see them (libuv), assume so."""
+        return self.runnable is None or bool(self.runnable) or bool(self.hub.loop.pendingcnt)
+
     def run_alone(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """Run ``fn(conn, *args)`` at once in a transaction of its own, in this greenlet,
         when that is what :meth:`write` would do with it: the writer idle, no greenlet
@@ -204,9 +210,7 @@ class Writer:
         if (
             self.busy
             or self.pending
-            or self.runnable is None
-            or self.runnable
-            or self.hub.loop.pendingcnt
+            or self._others_runnable()
             or time.perf_counter() - self.turned >= TURN_EVERY
             or gevent.getcurrent() is self.hub
         ):
@@ -258,12 +262,10 @@ class Writer:
             if now - self.turned >= TURN_EVERY:
                 self.turned = now
                 hub_turn()
-            elif self.runnable is None or self.runnable or self.hub.loop.pendingcnt:
+            elif self._others_runnable():
                 gevent.sleep(0)
             for _ in range(GATHER_ROUNDS):
-                if len(self.pending) == queued or not (
-                    self.runnable is None or self.runnable or self.hub.loop.pendingcnt
-                ):
+                if len(self.pending) == queued or not self._others_runnable():
                     break
                 queued = len(self.pending)
                 gevent.sleep(0)

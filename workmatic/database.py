@@ -480,7 +480,7 @@ class Database:
     def _request(
         self, fn: Callable[..., Any], args: tuple[Any, ...], exclusive: bool, offload: bool
     ) -> Request:
-        self._check()
+        """A write request for this thread's writer (the caller has run ``_check``)."""
         return Request(
             fn, args, time.monotonic() + self.lock_timeout, exclusive or offload, offload
         )
