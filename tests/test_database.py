@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -463,6 +464,99 @@ def test_the_wal_is_checkpointed_off_the_hub(db: workmatic.Database, db_path: st
 
     assert db._writer().conn.raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 10_000
     wait_for(lambda: in_main_file() == 300, timeout=10)
+
+
+def _wal_pages(db_path: str) -> int:
+    """How many pages the WAL file holds room for (its high-water mark: SQLite reuses it
+    from the start after a restart, it does not shrink it)."""
+    size = os.path.getsize(db_path + "-wal") if os.path.exists(db_path + "-wal") else 0
+    return max(0, size - 32) // (4096 + 24)  # a header, then frames of a header and a page
+
+
+def test_steady_adds_restart_the_wal_before_sqlite_checkpoints_in_a_commit(
+    db: workmatic.Database, db_path: str
+) -> None:
+    """A PASSIVE checkpoint never catches up with a steady stream of commits, so the WAL
+    used to grow to the automatic checkpoint's threshold, and SQLite then checkpointed
+    (and fsynced) inside a commit, on the hub. The checkpointer restarts it first."""
+    client = workmatic.create_client(db)
+    threshold = workmatic.database.AUTOCHECKPOINT_PAGES
+    for i in range(threshold):  # each add commits 2 pages or more: twice the threshold
+        client.add({"n": i})
+    assert db.stats().ready == threshold
+    assert 0 < _wal_pages(db_path) < threshold
+
+
+def test_a_reader_that_keeps_the_wal_does_not_hold_up_writes(
+    db: workmatic.Database, db_path: str
+) -> None:
+    """A reader (another process, say) holding an old snapshot keeps the WAL from being
+    restarted: the checkpointer gives up after a few ms and waits for the WAL to grow
+    before it tries again; once the reader is gone, the WAL is restarted and the
+    checkpointer goes back to its first threshold."""
+    client = workmatic.create_client(db)
+    client.add({"n": -1})
+    reader = script("snapshot_holder", db_path, stdin=subprocess.PIPE)
+    assert reader.stdin is not None and reader.stdout is not None
+    assert reader.stdout.readline().strip() == "reading 1"
+    restart = workmatic.database.RESTART_PAGES
+    for i in range(2 * restart):
+        client.add({"n": i})
+    assert db.stats().ready == 2 * restart + 1
+    wait_for(lambda: db._restart_pages > restart, timeout=10)  # it tried, and backed off
+    reader.stdin.write("end\n")
+    reader.stdin.flush()
+    assert reader.stdout.readline().strip() == "done"
+    assert reader.wait(timeout=10) == 0
+    added = 0
+
+    def restarted() -> bool:
+        nonlocal added
+        for _ in range(200):
+            client.add({"more": added})
+            added += 1
+        return db._restart_pages == restart
+
+    wait_for(restarted, timeout=30)
+    assert db.stats().ready == 2 * restart + 1 + added
+
+
+def test_a_hold_queues_this_process_writes_until_it_is_released(
+    db: workmatic.Database,
+) -> None:
+    client = workmatic.create_client(db)
+    writer = db._writer()
+    assert writer.hold(1.0)
+    add = gevent.spawn(client.add, {"held": True})
+    wait_for(lambda: writer.pending)
+    assert not add.ready()
+    assert db.stats().ready == 0
+    writer.release()
+    job_id = add.get(timeout=10)
+    assert client.get(job_id) is not None
+    assert not writer.busy
+
+
+def test_a_hold_waits_for_the_running_transaction_and_takes_the_writer_over(
+    db: workmatic.Database,
+) -> None:
+    client = workmatic.create_client(db)
+    writer = db._writer()
+    writer.busy = True  # as while a leader gathers its group, or an offloaded write runs
+    assert writer.hold(0.01) is False  # timed out: nothing is left waiting
+    assert writer.hold_wanted is None and writer.busy
+    holder = gevent.spawn(writer.hold, 10.0)
+    wait_for(lambda: writer.hold_wanted is not None)
+    assert not holder.ready()
+    writer._done_busy()  # that transaction ends: the hold is handed over, not freed
+    assert holder.get(timeout=10) is True
+    assert writer.busy
+    add = gevent.spawn(client.add, {})
+    wait_for(lambda: writer.pending)
+    assert not add.ready()
+    writer.release()
+    add.get(timeout=10)
+    assert db.stats().ready == 1
 
 
 def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> None:

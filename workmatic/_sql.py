@@ -931,6 +931,23 @@ def checkpoint(conn: Any) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def restart_wal(conn: Any, wait_ms: int) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(RESTART)``, waiting up to ``wait_ms`` for the write lock and
+    for readers: (busy, WAL frames, frames checkpointed), busy 1 if it could not restart.
+
+    A PASSIVE checkpoint never stops writers, so under a steady stream of commits it never
+    catches up with the last one and the WAL is never started over. RESTART takes the
+    write lock (writers wait, cooperatively, for as long as it runs) and, once every frame
+    is copied and no reader still uses the WAL, makes the next commit write from its start.
+    """
+    conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def data_version(conn: Any) -> int:
     """``PRAGMA data_version``: changes when another connection commits."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])

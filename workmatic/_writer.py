@@ -178,6 +178,7 @@ class Writer:
         self.commits = 0
         self.fresh: list[str] = []  # queues to notify after the commit being delivered
         self.checkpointer: gevent.Greenlet | None = None
+        self.hold_wanted: gevent.event.Event | None = None  # see hold()
         # What can run next without a poll: gevent's queue of callbacks (private) and, on
         # libev, the watchers the last poll made pending (greenlets woken by a timer or
         # I/O). Elsewhere (libuv: its pending watchers cannot be seen), always yield.
@@ -193,6 +194,42 @@ class Writer:
         self.pending.append(request)
         if not self.busy and not self.wake.is_set():
             self.wake.set()
+
+    def hold(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until no transaction of this process's greenlets
+        runs, then keep them from starting one until :meth:`release` (their writes queue,
+        as behind a running one); False if the wait timed out. For a checkpoint that needs
+        the write lock free of this process's commits."""
+        if not self.busy:
+            self.busy = True
+            return True
+        granted = self.hold_wanted = gevent.event.Event()
+        try:
+            granted.wait(timeout)  # a transaction hands the hold over as it ends
+        except BaseException:
+            if granted.is_set():
+                self.release()
+            raise
+        finally:
+            if self.hold_wanted is granted:
+                self.hold_wanted = None
+        return bool(granted.is_set())
+
+    def release(self) -> None:
+        """End a :meth:`hold`: the writer greenlet runs what queued meanwhile."""
+        self.busy = False
+        if self.pending and not self.wake.is_set():
+            self.wake.set()
+
+    def _done_busy(self) -> None:
+        """A transaction that may have yielded ends: hand the writer to a :meth:`hold`
+        waiting for it, or mark it idle."""
+        wanted = self.hold_wanted
+        if wanted is not None:
+            self.hold_wanted = None
+            wanted.set()  # busy stays True: the holder has it now
+            return
+        self.release()
 
     def _others_runnable(self) -> bool:
         """Whether another greenlet may run before the next poll of the event loop (and so
@@ -271,9 +308,7 @@ class Writer:
                 gevent.sleep(0)
             self._drain(lead=True)
         finally:
-            self.busy = False
-            if self.pending and not self.wake.is_set():
-                self.wake.set()  # interrupted, or a write a leader leaves to the writer
+            self._done_busy()  # wakes the writer if interrupted, or for a write left to it
         return request.get()
 
     def _run(self) -> None:
@@ -288,7 +323,7 @@ class Writer:
             try:
                 self._drain(lead=False)
             finally:
-                self.busy = False
+                self._done_busy()
 
     def _fail_pending(self) -> None:
         for request in self.pending:

@@ -69,8 +69,18 @@ OFFLOAD_ROWS = 2000
 PATH_CHECK_INTERVAL = 0.05
 #: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
 WATCH_INTERVAL = 0.005
-#: How often (seconds) the checkpointer copies the WAL back into the database, in a thread.
+#: Most seconds between two checkpoints (copying the WAL back into the database, in a
+#: thread) while commits are being made ...
 CHECKPOINT_INTERVAL = 0.25
+#: ... or after this many commits, whichever comes first, checked every CHECKPOINT_POLL s.
+CHECKPOINT_COMMITS = 1_000
+CHECKPOINT_POLL = 0.02
+#: WAL pages from which a checkpoint also starts the WAL over (``_sql.restart_wal``) ...
+RESTART_PAGES = 4_000
+#: ... waiting at most this long (ms, in the thread) for the write lock and for readers,
+#: after at most HOLD_WAIT s for this process's running transaction (else: next time).
+RESTART_WAIT_MS = 5
+HOLD_WAIT = 1.0
 #: WAL pages after which SQLite checkpoints inside a commit, should the checkpointer lag.
 AUTOCHECKPOINT_PAGES = 10_000
 
@@ -193,6 +203,7 @@ class Database:
         self.driver = _driver.DRIVER
         self.sqlite_version = _driver.SQLITE_VERSION
         self._closed = False
+        self._restart_pages = RESTART_PAGES  # WAL size from which a checkpoint restarts it
         self._forks = _forks[0]
         self._writers: dict[int, Writer] = {}
         self._readers: dict[int, Conn] = {}
@@ -345,26 +356,61 @@ class Database:
         return writer
 
     def _checkpoints(self, writer: Writer) -> None:
-        """Copy the WAL back into the database every CHECKPOINT_INTERVAL after commits, with
-        ``wal_checkpoint(PASSIVE)`` in a real thread: the fsyncs of a checkpoint never run on
-        the hub (SQLite's automatic checkpoint would run them inside a commit)."""
-        done = 0
+        """Copy the WAL back into the database, in a real thread, CHECKPOINT_INTERVAL after
+        commits or sooner under load (every CHECKPOINT_COMMITS commits), so that the fsyncs
+        of a checkpoint never run on the hub.
+
+        A PASSIVE checkpoint lets commits go on, so under steady load it never copies the
+        last of them, and SQLite starts the WAL over only after a checkpoint that did: the
+        WAL would grow to AUTOCHECKPOINT_PAGES and SQLite's automatic checkpoint would then
+        fsync inside a commit, on the hub (measured: 20-30 ms stalls every ~0.3 s of
+        sequential adds). So once the WAL holds ``_restart_pages``, this process's writes
+        are held (they queue, as behind a transaction) while a RESTART checkpoint copies
+        what the PASSIVE one left and starts the WAL over (2-5 ms). If it cannot (a reader
+        still uses the WAL, or another process holds the lock), it is tried again once the
+        WAL has grown by another RESTART_PAGES; the automatic checkpoint stays a backstop."""
+        done = 0  # writer.commits at the last checkpoint
+        before = -1  # writer.commits before the last sleep (at first: poll soon)
+        last = time.monotonic()
         pool = writer.hub.threadpool
         while not self._closed:
-            gevent.sleep(CHECKPOINT_INTERVAL)
-            if writer.commits == done or self._closed:
+            busy = writer.commits != before  # commits were made during the last sleep
+            before = writer.commits
+            gevent.sleep(CHECKPOINT_POLL if busy else CHECKPOINT_INTERVAL)
+            commits = writer.commits
+            if commits == done or self._closed:
                 continue
-            done = writer.commits
-            pool.spawn(self._checkpoint_in_thread).get()
+            if (
+                commits - done < CHECKPOINT_COMMITS
+                and time.monotonic() - last < CHECKPOINT_INTERVAL
+            ):
+                continue
+            done, last = commits, time.monotonic()
+            frames = pool.spawn(self._checkpoint_in_thread, False).get()
+            if 0 <= frames < self._restart_pages - RESTART_PAGES:
+                self._restart_pages = RESTART_PAGES  # it backed off; the WAL restarted since
+            if frames >= self._restart_pages and writer.hold(HOLD_WAIT):
+                try:
+                    frames = pool.spawn(self._checkpoint_in_thread, True).get()
+                finally:
+                    writer.release()
+                self._restart_pages = RESTART_PAGES if frames == 0 else frames + RESTART_PAGES
 
-    def _checkpoint_in_thread(self) -> None:
+    def _checkpoint_in_thread(self, restart: bool) -> int:
+        """Run a PASSIVE checkpoint (or a RESTART one) and return the WAL's size in pages:
+        0 after a restart, at least 1 if it could not restart, -1 if none could run."""
         conn = self._reader()
         conn.acquire(True)
         try:
-            if not self._closed:
-                _sql.checkpoint(conn.raw)
+            if self._closed:
+                return -1
+            if restart:
+                busy, frames, _ = _sql.restart_wal(conn.raw, RESTART_WAIT_MS)
+                return max(frames, 1) if busy else 0
+            return _sql.checkpoint(conn.raw)[1]
         except conn.errors as exc:  # busy (another checkpoint), or the file went away
             log.debug("%s: checkpoint skipped: %s", self._label, exc)
+            return -1
         finally:
             conn.lock.release()
 
