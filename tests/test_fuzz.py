@@ -12,7 +12,7 @@ Every property is "a clean answer or a clean refusal, and nothing half-written":
 
 CI runs a bounded, derandomised number of examples per property (reproducible); set
 ``WORKMATIC_FUZZ_EXAMPLES`` to run more locally. Each property prints a ``FIGURES`` line
-(``-s``) with the inputs tried, for docs/reliability.md.
+(``-s``) with the inputs tried, for the README's Reliability section.
 """
 
 from __future__ import annotations

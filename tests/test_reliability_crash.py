@@ -8,7 +8,7 @@
 * Producers killed mid-``add()`` / mid-``add_many()`` leave no partial or corrupt job.
 
 Each test prints a ``FIGURES`` line (run with ``-s`` to see it): the numbers quoted in
-docs/reliability.md.
+the README's Reliability section.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Each fault runs in a subprocess (``tests/scripts/crash_fault.py``) with a timeou
 hang fails the test instead of blocking the suite. Each must give a clear workmatic error
 (a :class:`workmatic.DatabaseError`) or a bounded retry, never a hang, never a lost or
 half-written job, and the worker must recover once the fault clears. Each test prints a
-``FIGURES`` line (``-s``) with what happened; docs/reliability.md sums them up.
+``FIGURES`` line (``-s``) with what happened; the README's Reliability section sums them up.
 """
 
 from __future__ import annotations

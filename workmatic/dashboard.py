@@ -11,7 +11,8 @@ The page and its JSON API (``api/stats``, ``api/jobs``, ``api/jobs/<id>``, ``...
 ``api/queues/<queue>/pause|resume|retry``, ``api/workers/<queue>/pause|resume``) use
 relative URLs, so the dashboard works under any mount path. Job data is untrusted: the page
 renders it as text only, state changes are POST-only and refused for cross-site requests,
-and every response carries a strict Content-Security-Policy. See docs/dashboard.md.
+and every response carries a strict Content-Security-Policy. See the README's Dashboard
+section.
 
 This is the only public module that imports werkzeug; ``import workmatic`` does not.
 """
