@@ -178,6 +178,7 @@ class Writer:
         self.commits = 0
         self.fresh: list[str] = []  # queues to notify after the commit being delivered
         self.checkpointer: gevent.Greenlet | None = None
+        self.checkpoint_pool: Any = None  # the checkpointer's thread (a ThreadPool of 1)
         self.hold_wanted: gevent.event.Event | None = None  # see hold()
         # What can run next without a poll: gevent's queue of callbacks (private) and, on
         # libev, the watchers the last poll made pending (greenlets woken by a timer or
@@ -196,10 +197,10 @@ class Writer:
             self.wake.set()
 
     def hold(self, timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until no transaction of this process's greenlets
-        runs, then keep them from starting one until :meth:`release` (their writes queue,
-        as behind a running one); False if the wait timed out. For a checkpoint that needs
-        the write lock free of this process's commits."""
+        """Wait (at most ``timeout`` s) until no transaction of this writer (this thread's
+        greenlets) runs, then keep them from starting one until :meth:`release` (their
+        writes queue, as behind a running one); False if the wait timed out. For a
+        checkpoint that needs the write lock free of this writer's commits."""
         if not self.busy:
             self.busy = True
             return True

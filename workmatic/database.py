@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import gevent
 import gevent.event
 import gevent.monkey
+import gevent.threadpool
 
 from . import _driver, _sql
 from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
@@ -70,19 +71,22 @@ PATH_CHECK_INTERVAL = 0.05
 #: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
 WATCH_INTERVAL = 0.005
 #: Most seconds between two checkpoints (copying the WAL back into the database, in a
-#: thread) while commits are being made ...
+#: thread of their own) while commits are being made ...
 CHECKPOINT_INTERVAL = 0.25
 #: ... or after this many commits, whichever comes first, checked every CHECKPOINT_POLL s.
 CHECKPOINT_COMMITS = 1_000
 CHECKPOINT_POLL = 0.02
 #: WAL pages from which a checkpoint also starts the WAL over (``_sql.restart_wal``) ...
 RESTART_PAGES = 4_000
-#: ... waiting at most this long (ms, in the thread) for the write lock and for readers,
-#: after at most HOLD_WAIT s for this process's running transaction (else: next time).
+#: ... waiting at most this long (ms, in the thread) for the write lock and for readers
+#: (0 after a restart that could not be done, until one is), after at most HOLD_WAIT s
+#: for this writer's running transaction (else: at the next checkpoint).
 RESTART_WAIT_MS = 5
 HOLD_WAIT = 1.0
-#: WAL pages after which SQLite checkpoints inside a commit, should the checkpointer lag.
-AUTOCHECKPOINT_PAGES = 10_000
+#: WAL pages after which SQLite checkpoints inside a commit: only should the checkpointer
+#: be gone (a WAL kept from restarting by a reader grows past any smaller figure, and the
+#: first commit after the reader ended would copy it all on the hub).
+AUTOCHECKPOINT_PAGES = 100_000
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -203,7 +207,7 @@ class Database:
         self.driver = _driver.DRIVER
         self.sqlite_version = _driver.SQLITE_VERSION
         self._closed = False
-        self._restart_pages = RESTART_PAGES  # WAL size from which a checkpoint restarts it
+        self._restart_wait_ms = RESTART_WAIT_MS  # 0 while restarts fail (see _checkpoints)
         self._forks = _forks[0]
         self._writers: dict[int, Writer] = {}
         self._readers: dict[int, Conn] = {}
@@ -353,48 +357,62 @@ class Database:
             writer = self._writers[ident] = Writer(self, conn)
             if self.path is not None and self._shared is None:
                 writer.checkpointer = gevent.spawn(self._checkpoints, writer)
+                writer.checkpointer.name = "workmatic-checkpointer"
         return writer
 
     def _checkpoints(self, writer: Writer) -> None:
-        """Copy the WAL back into the database, in a real thread, CHECKPOINT_INTERVAL after
-        commits or sooner under load (every CHECKPOINT_COMMITS commits), so that the fsyncs
-        of a checkpoint never run on the hub.
+        """Copy the WAL back into the database CHECKPOINT_INTERVAL after the last checkpoint
+        while commits are made, or sooner under load (every CHECKPOINT_COMMITS commits), in
+        a real thread of the writer's own (not the hub's pool, which the application may
+        keep busy), so that the fsyncs of a checkpoint never run on the hub.
 
         A PASSIVE checkpoint lets commits go on, so under steady load it never copies the
-        last of them, and SQLite starts the WAL over only after a checkpoint that did: the
-        WAL would grow to AUTOCHECKPOINT_PAGES and SQLite's automatic checkpoint would then
-        fsync inside a commit, on the hub (measured: 20-30 ms stalls every ~0.3 s of
-        sequential adds). So once the WAL holds ``_restart_pages``, this process's writes
-        are held (they queue, as behind a transaction) while a RESTART checkpoint copies
-        what the PASSIVE one left and starts the WAL over (2-5 ms). If it cannot (a reader
-        still uses the WAL, or another process holds the lock), it is tried again once the
-        WAL has grown by another RESTART_PAGES; the automatic checkpoint stays a backstop."""
+        last of them, and SQLite starts the WAL over only after one that did: the WAL would
+        grow until SQLite's automatic checkpoint fsynced inside a commit, on the hub
+        (measured, with its threshold at 10,000 pages: 20-30 ms stalls every ~0.3 s of
+        sequential adds). So once the WAL holds RESTART_PAGES, this writer's commits are
+        held (they queue, as behind a transaction) while a RESTART checkpoint copies what
+        the PASSIVE one left and starts the WAL over (1-4 ms). When it cannot (a reader
+        still uses the WAL, or another connection holds the write lock), the next ones do
+        not wait for the lock or for readers until one succeeds, so a reader that keeps the
+        WAL for long costs each checkpoint well under a millisecond of held writes."""
         done = 0  # writer.commits at the last checkpoint
         before = -1  # writer.commits before the last sleep (at first: poll soon)
         last = time.monotonic()
-        pool = writer.hub.threadpool
-        while not self._closed:
-            busy = writer.commits != before  # commits were made during the last sleep
-            before = writer.commits
-            gevent.sleep(CHECKPOINT_POLL if busy else CHECKPOINT_INTERVAL)
-            commits = writer.commits
-            if commits == done or self._closed:
-                continue
-            if (
-                commits - done < CHECKPOINT_COMMITS
-                and time.monotonic() - last < CHECKPOINT_INTERVAL
-            ):
-                continue
-            done, last = commits, time.monotonic()
-            frames = pool.spawn(self._checkpoint_in_thread, False).get()
-            if 0 <= frames < self._restart_pages - RESTART_PAGES:
-                self._restart_pages = RESTART_PAGES  # it backed off; the WAL restarted since
-            if frames >= self._restart_pages and writer.hold(HOLD_WAIT):
+        pool = writer.checkpoint_pool = gevent.threadpool.ThreadPool(1, hub=writer.hub)
+        try:
+            while not self._closed:
+                busy = writer.commits != before  # commits were made during the last sleep
+                before = writer.commits
+                gevent.sleep(CHECKPOINT_POLL if busy else CHECKPOINT_INTERVAL)
+                commits = writer.commits
+                if commits == done or self._closed:
+                    continue
+                if (
+                    commits - done < CHECKPOINT_COMMITS
+                    and time.monotonic() - last < CHECKPOINT_INTERVAL
+                ):
+                    continue
+                done, last = commits, time.monotonic()
                 try:
-                    frames = pool.spawn(self._checkpoint_in_thread, True).get()
-                finally:
-                    writer.release()
-                self._restart_pages = RESTART_PAGES if frames == 0 else frames + RESTART_PAGES
+                    self._checkpoint(writer, pool)
+                except Exception:  # a bug: log it, and keep checkpointing
+                    log.exception("%s: checkpoint failed", self._label)
+        finally:
+            pool.kill()
+
+    def _checkpoint(self, writer: Writer, pool: Any) -> None:
+        frames = pool.spawn(self._checkpoint_in_thread, False).get()
+        if frames < RESTART_PAGES or not writer.hold(HOLD_WAIT):
+            return
+        try:
+            frames = pool.spawn(self._checkpoint_in_thread, True).get()
+        finally:
+            writer.release()
+        if frames == 0:
+            self._restart_wait_ms = RESTART_WAIT_MS
+        elif frames > 0:  # it could not restart: do not wait for the lock until one does
+            self._restart_wait_ms = 0
 
     def _checkpoint_in_thread(self, restart: bool) -> int:
         """Run a PASSIVE checkpoint (or a RESTART one) and return the WAL's size in pages:
@@ -405,7 +423,7 @@ class Database:
             if self._closed:
                 return -1
             if restart:
-                busy, frames, _ = _sql.restart_wal(conn.raw, RESTART_WAIT_MS)
+                busy, frames, _ = _sql.restart_wal(conn.raw, self._restart_wait_ms)
                 return max(frames, 1) if busy else 0
             return _sql.checkpoint(conn.raw)[1]
         except conn.errors as exc:  # busy (another checkpoint), or the file went away
