@@ -136,6 +136,21 @@ def test_adopts_an_existing_connection(tmp_path: Path) -> None:
         workmatic.create_database(connection="not a connection")
 
 
+def test_an_adopted_connection_keeps_sqlites_own_checkpoints(tmp_path: Path) -> None:
+    """An adopted connection gets no checkpointer (its owner may use it from anywhere):
+    SQLite's automatic checkpoint stays its only one, at 10,000 pages, not the 100,000 of a
+    connection the checkpointer serves, so its WAL does not grow to 400 MB."""
+    path = tmp_path / "adopted.db"
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    with workmatic.create_database(connection=conn) as db:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+        assert db._writer().checkpointer is None
+    with workmatic.create_database(path) as db:
+        raw = db._writer().conn.raw
+        assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 100_000
+        assert db._writer().checkpointer is not None
+
+
 def test_jobs_read_through_a_row_factory_connection_pickle(tmp_path: Path) -> None:
     """An adopted connection may return sqlite3.Row objects: the jobs read through it are
     plain, whole records (they pickle, and hold no row)."""
@@ -599,6 +614,8 @@ def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> Non
     client = workmatic.create_client(db, "forked")
     client.add({"from": "parent"})
     parent_conns = [writer.conn.raw for writer in db._writers.values()]  # kept alive
+    parent_checkpointer = db._writer().checkpointer
+    assert parent_checkpointer is not None
     pid = os.fork()
     if pid == 0:  # the child: must not reuse the parent's connections or writer
         code = 1
@@ -606,8 +623,13 @@ def test_a_forked_child_opens_its_own_connections(db: workmatic.Database) -> Non
             child_id = client.add({"from": "child"})  # its very first write, too
             if any(db._writer().conn.raw is conn for conn in parent_conns):
                 code = 4
-            else:
-                code = 0 if client.get(child_id) is not None else 3
+            elif client.get(child_id) is None:
+                code = 3
+            else:  # the parent's checkpointer (and its thread) ends in the child
+                deadline = time.monotonic() + 10
+                while not parent_checkpointer.dead and time.monotonic() < deadline:
+                    gevent.sleep(0.01)
+                code = 0 if parent_checkpointer.dead else 5
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

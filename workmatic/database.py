@@ -85,8 +85,11 @@ RESTART_WAIT_MS = 5
 HOLD_WAIT = 1.0
 #: WAL pages after which SQLite checkpoints inside a commit: only should the checkpointer
 #: be gone (a WAL kept from restarting by a reader grows past any smaller figure, and the
-#: first commit after the reader ended would copy it all on the hub).
+#: first commit after the reader ended would copy it all on the hub) ...
 AUTOCHECKPOINT_PAGES = 100_000
+#: ... and on an adopted connection (``connection=``), which has no checkpointer: there
+#: SQLite checkpoints inside a commit, on the hub, every this many pages.
+ADOPTED_AUTOCHECKPOINT_PAGES = 10_000
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -224,7 +227,7 @@ class Database:
             self.path: str | None = _connection_path(connection)
             self._uri = ""
             connection.isolation_level = None  # type: ignore[attr-defined]
-            self._shared = self._configure(connection)
+            self._shared = self._configure(connection, adopted=True)
         else:
             text = os.fspath(path)  # type: ignore[arg-type]
             if not isinstance(text, str) or not text:
@@ -264,7 +267,7 @@ class Database:
 
     # --- connections -------------------------------------------------------------------
 
-    def _configure(self, raw: Any) -> Conn:
+    def _configure(self, raw: Any, adopted: bool = False) -> Conn:
         conn = Conn(raw)
 
         def pragmas(raw: Any) -> None:
@@ -273,7 +276,8 @@ class Database:
             raw.execute("PRAGMA temp_store = MEMORY")
             if self.path is not None:
                 # Checkpoints run in a thread (see _checkpoints); this is only the backstop.
-                raw.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+                pages = ADOPTED_AUTOCHECKPOINT_PAGES if adopted else AUTOCHECKPOINT_PAGES
+                raw.execute(f"PRAGMA wal_autocheckpoint = {pages}")
 
         # Another process may hold the lock while we open: wait for it like any write.
         self._with_retry(conn, pragmas, (), False)
@@ -380,8 +384,11 @@ class Database:
         before = -1  # writer.commits before the last sleep (at first: poll soon)
         last = time.monotonic()
         pool = writer.checkpoint_pool = gevent.threadpool.ThreadPool(1, hub=writer.hub)
+        ident = get_ident()
         try:
-            while not self._closed:
+            # Until closed, or until this writer is dropped (replaced, or left behind by a
+            # fork: a child never writes through its parent's connections).
+            while not self._closed and self._writers.get(ident) is writer:
                 busy = writer.commits != before  # commits were made during the last sleep
                 before = writer.commits
                 gevent.sleep(CHECKPOINT_POLL if busy else CHECKPOINT_INTERVAL)
