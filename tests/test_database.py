@@ -488,6 +488,16 @@ def _wal_pages(db_path: str) -> int:
     return max(0, size - 32) // (4096 + 24)  # a header, then frames of a header and a page
 
 
+def _longest_add(client: workmatic.Client, count: int) -> float:
+    """Add ``count`` jobs one by one; return the seconds the slowest ``add()`` took."""
+    longest = 0.0
+    for i in range(count):
+        start = time.perf_counter()
+        client.add({"n": i})
+        longest = max(longest, time.perf_counter() - start)
+    return longest
+
+
 def test_steady_adds_restart_the_wal_before_sqlite_checkpoints_in_a_commit(
     db: workmatic.Database, db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -516,11 +526,7 @@ def test_checkpoints_go_on_while_the_hubs_thread_pool_is_busy(
     release = threading.Event()  # a real one: this test process is not monkey-patched
     blockers = [pool.spawn(release.wait, 60) for _ in range(pool.maxsize)]
     try:
-        longest = 0.0
-        for i in range(10_000):
-            start = time.perf_counter()
-            client.add({"n": i})
-            longest = max(longest, time.perf_counter() - start)
+        longest = _longest_add(client, 10_000)
         assert pool.size == pool.maxsize and not release.is_set()  # it stayed busy
         assert 0 < _wal_pages(db_path) < 10_000  # checkpointed and restarted meanwhile
         assert longest < 1.0  # no add waited for the pool
@@ -542,11 +548,7 @@ def test_a_reader_that_keeps_the_wal_does_not_hold_up_writes(
     try:
         assert reader.stdin is not None and reader.stdout is not None
         assert reader.stdout.readline().strip() == "reading 1"
-        longest = 0.0
-        for i in range(3 * workmatic.database.RESTART_PAGES):
-            start = time.perf_counter()
-            client.add({"n": i})
-            longest = max(longest, time.perf_counter() - start)
+        longest = _longest_add(client, 3 * workmatic.database.RESTART_PAGES)
         wait_for(lambda: db._restart_wait_ms == 0, timeout=10)  # a restart failed
         assert longest < 1.0
         assert _wal_pages(db_path) >= 6_000  # kept: nothing could start it over

@@ -178,7 +178,6 @@ class Writer:
         self.commits = 0
         self.fresh: list[str] = []  # queues to notify after the commit being delivered
         self.checkpointer: gevent.Greenlet | None = None
-        self.checkpoint_pool: Any = None  # the checkpointer's thread (a ThreadPool of 1)
         self.hold_wanted: gevent.event.Event | None = None  # see hold()
         # What can run next without a poll: gevent's queue of callbacks (private) and, on
         # libev, the watchers the last poll made pending (greenlets woken by a timer or

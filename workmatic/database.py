@@ -383,15 +383,15 @@ class Database:
         done = 0  # writer.commits at the last checkpoint
         before = -1  # writer.commits before the last sleep (at first: poll soon)
         last = time.monotonic()
-        pool = writer.checkpoint_pool = gevent.threadpool.ThreadPool(1, hub=writer.hub)
+        pool = gevent.threadpool.ThreadPool(1, hub=writer.hub)  # its own thread
         ident = get_ident()
         try:
             # Until closed, or until this writer is dropped (replaced, or left behind by a
             # fork: a child never writes through its parent's connections).
             while not self._closed and self._writers.get(ident) is writer:
-                busy = writer.commits != before  # commits were made during the last sleep
+                active = writer.commits != before  # commits made during the last sleep
                 before = writer.commits
-                gevent.sleep(CHECKPOINT_POLL if busy else CHECKPOINT_INTERVAL)
+                gevent.sleep(CHECKPOINT_POLL if active else CHECKPOINT_INTERVAL)
                 commits = writer.commits
                 if commits == done or self._closed:
                     continue
