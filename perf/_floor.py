@@ -9,7 +9,8 @@ wrappers: the best a perfect Python layer could do with those statements.
 
 Transactions are grouped the way an ideal group commit would group them:
 
-* ``seq_add``: one INSERT per transaction (a lone caller cannot be grouped);
+* ``seq_add``: one INSERT per transaction (a lone caller cannot be grouped), as one
+  self-committing statement when the core runs a lone add so (``insert_job.alone``);
 * ``par_add``: 100 INSERTs per transaction (the 100 waiting callers), through
   ``_sql.insert_job.many`` when the core has it (as its writer does);
 * ``add_many``: one ``executemany`` in one transaction (``_sql.insert_batch``, as the core);
@@ -61,15 +62,20 @@ def connect(path: str, durability: str) -> Any:
     return conn
 
 
+def take_fresh(conn: Any) -> None:
+    """Drop the fresh-job notes of a commit, as the writer takes them after each."""
+    take = getattr(_sql, "take_fresh", None)
+    if take is not None:
+        take(conn)
+
+
 def commit(conn: Any) -> None:
     """Commit as the core does (flushing its per-transaction count deltas, if it keeps any)."""
     flush = getattr(_sql, "flush_counts", None)
     if flush is not None:
         flush(conn)
     conn.execute("COMMIT")
-    take = getattr(_sql, "take_fresh", None)  # as the writer does after each commit
-    if take is not None:
-        take(conn)
+    take_fresh(conn)
 
 
 def new_rows(count: int, start: int = 0) -> list[Any]:
@@ -112,8 +118,12 @@ def run(case: str, path: str, durability: str, jobs: int, options: dict[str, Any
         batch = (QUEUE, rows[0][3], rows[0][4], rows[0][5], rows[0][6], rows[0][9])
         items = [(row[0], row[2]) for row in rows]
         group = {"seq_add": 1, "par_add": int(options.get("greenlets", 100))}.get(case, jobs)
+        alone = getattr(_sql.insert_job, "alone", None) if case == "seq_add" else None
         start = time.perf_counter()
         for base in range(0, jobs, group):
+            if alone is not None and alone(conn, rows[base]) is not None:
+                take_fresh(conn)  # one self-committing INSERT, as a lone add runs
+                continue
             conn.execute("BEGIN IMMEDIATE")
             if case == "add_many" and batch_insert is not None:
                 batch_insert(conn, batch, items)

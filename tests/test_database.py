@@ -3,6 +3,7 @@ lock held by another process never freezing the hub."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -13,6 +14,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -22,7 +24,7 @@ import pytest
 from helpers import script, wait_for
 
 import workmatic
-from workmatic import _sql
+from workmatic import _driver, _sql
 
 
 def raw(path: str) -> sqlite3.Connection:
@@ -375,6 +377,84 @@ def test_a_lone_write_that_fails_is_rolled_back(
     assert client.stats().total == 1 and db.count_jobs() == 1
     client.add({"after": True})
     assert [j.payload for j in db.iter_jobs()] == [{"warm": True}, {"after": True}]
+    assert client.stats().ready == 2
+
+
+@contextlib.contextmanager
+def _statements(db: workmatic.Database) -> Iterator[list[str]]:
+    """The kinds (first word; "BEGIN IMMEDIATE") of the statements the writer's connection
+    runs inside the block."""
+    seen: list[str] = []
+    conn = db._writer().conn.raw
+    conn.set_trace_callback(seen.append)
+    kinds: list[str] = []
+    try:
+        yield kinds
+    finally:
+        conn.set_trace_callback(None)
+        kinds.extend(" ".join(text.split()[:2]).upper() for text in seen)
+        kinds[:] = [k if k.startswith("BEGIN") else k.split()[0] for k in kinds]
+
+
+def test_a_lone_add_is_one_statement_committed_as_it_ends(
+    db: workmatic.Database, db_path: str
+) -> None:
+    """A lone add without a key is one INSERT that SQLite commits as it ends (no BEGIN, no
+    COMMIT); another connection sees the job as soon as add() returns; every
+    FOLD_EVERY adds the counts fold in a transaction; the counts stay exact."""
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    other = raw(db_path)
+    kinds: list[list[str]] = []
+    for n in range(2 * _sql.FOLD_EVERY):
+        db._writer().turned = time.perf_counter()  # the loop's turn is not due: run alone
+        with _statements(db) as ran:
+            job_id = client.add({"n": n})
+        kinds.append(ran)
+        found = other.execute("SELECT count(*) FROM jobs WHERE nonce = ?", (int(job_id[12:], 16),))
+        assert found.fetchone() == (1,)
+    assert kinds.count(["INSERT"]) >= 2 * _sql.FOLD_EVERY - 4, kinds[:5]
+    folds = [k for k in kinds if k != ["INSERT"]]
+    assert folds and all(k[0] == "BEGIN IMMEDIATE" and k[-1] == "COMMIT" for k in folds), folds
+    other.close()
+    assert client.stats().ready == 2 * _sql.FOLD_EVERY + 1
+    db.recount()
+    assert client.stats().ready == 2 * _sql.FOLD_EVERY + 1
+
+
+def test_a_lone_add_with_a_key_looks_it_up_in_the_same_transaction(
+    db: workmatic.Database,
+) -> None:
+    client = workmatic.create_client(db)
+    first = client.add({"n": 1}, key="k")
+    db._writer().turned = time.perf_counter()
+    with _statements(db) as kinds:
+        again = client.add({"n": 2}, key="k")
+    assert again == first
+    assert kinds[0] == "BEGIN IMMEDIATE" and kinds[1] == "SELECT" and kinds[-1] == "COMMIT"
+    assert client.stats().ready == 1
+
+
+def test_a_lone_add_while_another_connection_holds_the_lock_waits_and_adds_once(
+    db: workmatic.Database, db_path: str
+) -> None:
+    """The one-statement add finds the lock taken: nothing is written, and the add waits
+    (cooperatively) for the lock like any write, then adds the job once."""
+    client = workmatic.create_client(db)
+    client.add({"warm": True})
+    # The same SQLite library as the database's (two copies in one process do not see
+    # each other's locks).
+    holder = _driver.sqlite.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    gevent.spawn_later(0.2, holder.execute, "COMMIT")
+    db._writer().turned = time.perf_counter()
+    started = time.monotonic()
+    with _statements(db) as kinds:
+        client.add({"during": "lock"})
+    assert time.monotonic() - started >= 0.15
+    assert kinds[0] == "INSERT", kinds  # tried as one statement first: busy, rolled back
+    holder.close()
+    assert [j.payload for j in db.iter_jobs()] == [{"warm": True}, {"during": "lock"}]
     assert client.stats().ready == 2
 
 

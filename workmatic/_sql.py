@@ -469,7 +469,26 @@ def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
     return [next(ids) if row[8] is None else insert_job(conn, row) for (row,) in calls]
 
 
+def _insert_job_alone(conn: Any, row: NewJob) -> str | None:
+    """:func:`insert_job` as one statement outside any transaction, which SQLite commits
+    as it ends (call it with none open): two statements fewer than ``BEGIN IMMEDIATE`` ...
+    ``COMMIT``, a tenth of a lone add. Only when the insert is the whole transaction: no
+    key to look up first, and no fold of the counts due (:func:`flush_counts`). Returns
+    the job's id, or None when it ran nothing (run :func:`insert_job` in a transaction).
+    If the statement fails (another connection holds the lock, say), SQLite rolls it
+    back: nothing is written, and nothing is noted."""
+    seen = _unfolded.get(id(conn))
+    if row[8] is not None or seen is None or seen + 1 >= FOLD_EVERY:
+        return None
+    rowid = conn.execute(_INSERT, row).lastrowid
+    _unfolded[id(conn)] = seen + 1
+    if row[9]:
+        _note_fresh(conn, row[1], (rowid,))
+    return format_id(rowid, row[0])
+
+
 insert_job.many = _insert_job_many  # type: ignore[attr-defined]
+insert_job.alone = _insert_job_alone  # type: ignore[attr-defined]
 insert_job.runs_first = True  # type: ignore[attr-defined]
 
 

@@ -243,7 +243,10 @@ class Writer:
         runnable that could join a group commit (so a leader would not yield), the event
         loop's turn not due, and the lock free. Otherwise return :data:`NOT_RUN` (nothing
         ran: build a :class:`Request` for :meth:`write`). It never yields, so nothing can
-        queue behind it; it skips the request and its hand-off (~3 µs of a lone write)."""
+        queue behind it; it skips the request and its hand-off (~3 µs of a lone write).
+        A function with an ``alone`` form (``alone(conn, *args)``: one statement that
+        SQLite commits as it ends, or None when it does not apply) runs as that, without
+        ``BEGIN`` and ``COMMIT``."""
         if (
             self.busy
             or self.pending
@@ -258,20 +261,36 @@ class Writer:
         raw = conn.raw
         self.busy = True
         try:
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-            except conn.errors as exc:
-                if _driver.is_busy(exc):
-                    return NOT_RUN
-                raise self.db._translate(exc) from exc
-            try:
-                value = fn(raw, *args)
-                self._commit_open(time.monotonic() + self.db.lock_timeout)
-            except BaseException as exc:
-                self._roll_back()
-                if isinstance(exc, conn.errors):
+            alone = getattr(fn, "alone", None)  # its form as one self-committing statement
+            value = None
+            if alone is not None:
+                self.db._check_file()
+                try:
+                    value = alone(raw, *args)
+                except conn.errors as exc:  # SQLite rolled the statement back
+                    _sql.discard_counts(raw)
+                    if _driver.is_busy(exc):
+                        return NOT_RUN
                     raise self.db._translate(exc) from exc
-                raise
+                if value is not None:
+                    fresh = _sql.take_fresh(raw)
+                    if fresh:
+                        self.fresh.extend(fresh)
+            if value is None:
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                except conn.errors as exc:
+                    if _driver.is_busy(exc):
+                        return NOT_RUN
+                    raise self.db._translate(exc) from exc
+                try:
+                    value = fn(raw, *args)
+                    self._commit_open(time.monotonic() + self.db.lock_timeout)
+                except BaseException as exc:
+                    self._roll_back()
+                    if isinstance(exc, conn.errors):
+                        raise self.db._translate(exc) from exc
+                    raise
         finally:
             conn.lock.release()
             self.busy = False
