@@ -748,3 +748,22 @@ def test_version_2_database_is_migrated_to_counting_ready_jobs_from_the_mark(
         workmatic.create_client(db, "a").add({})
         assert db.stats("a").ready == 3 and db.count_jobs(status="ready") == 4
     assert raw(db_path).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_an_add_never_joins_a_transaction_left_open_on_an_adopted_connection(
+    tmp_path: Path,
+) -> None:
+    """A lone add is one self-committing INSERT only outside a transaction: inside one that
+    the application left open on the adopted connection, it would commit nothing."""
+    conn = _driver.sqlite.connect(str(tmp_path / "mine.db"), isolation_level=None)
+    db = workmatic.create_database(connection=conn)
+    client = workmatic.create_client(db)
+    client.add({"n": 1})
+    conn.execute("BEGIN")
+    db._writer().turned = time.perf_counter()
+    with pytest.raises(workmatic.DatabaseError, match="transaction"):
+        client.add({"n": 2})
+    conn.execute("ROLLBACK")
+    client.add({"n": 3})
+    assert [j.payload for j in db.iter_jobs()] == [{"n": 1}, {"n": 3}]
+    db.close()

@@ -263,7 +263,7 @@ class Writer:
         try:
             alone = getattr(fn, "alone", None)  # its form as one self-committing statement
             value = None
-            if alone is not None:
+            if alone is not None and not raw.in_transaction:  # (else BEGIN fails, as it should)
                 self.db._check_file()
                 try:
                     value = alone(raw, *args)
