@@ -7,6 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import itertools
 import os
 import pickle
 import random
@@ -289,6 +290,54 @@ def test_a_loop_of_adds_lets_timers_run(db: workmatic.Database) -> None:
     finally:
         beat.kill()
     assert ticks[0] - start >= 20  # ~200 heartbeats fit; a writer that never yields: 0
+
+
+def test_a_hub_turn_runs_every_timer_that_came_due(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While add_many serialises a large batch, it turns the loop every 2 ms; a greenlet
+    sleeping 1 ms beside it runs at every turn (it ran at every other one while the
+    turn's own timer, which expires at the loop's last iteration, fired first)."""
+    from workmatic import _writer
+    from workmatic import client as client_module
+
+    ticks = [0]
+    seen: list[int] = []
+
+    def counting_turn() -> None:
+        _writer.hub_turn()
+        seen.append(ticks[0])
+
+    def heartbeat() -> None:
+        while True:
+            gevent.sleep(0.001)
+            ticks[0] += 1
+
+    monkeypatch.setattr(client_module, "hub_turn", counting_turn)
+    beat = gevent.spawn(heartbeat)
+    gevent.sleep(0.01)
+    try:
+        workmatic.create_client(db).add_many([{"n": n, "pad": "x" * 40} for n in range(60_000)])
+    finally:
+        beat.kill()
+    assert len(seen) >= 10, seen
+    advanced = sum(after > before for before, after in itertools.pairwise(seen))
+    assert advanced >= 0.8 * (len(seen) - 1), f"ticked at {advanced} of {len(seen) - 1} turns"
+
+
+def test_a_large_batchs_ids_are_formatted_in_slices_that_release_the_gil(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large add_many runs in a real thread: it formats its ids in slices and releases
+    the GIL between them, so the hub's thread never waits for a whole batch's worth."""
+    releases: list[float] = []
+    monkeypatch.setattr(_sql, "_release_gil", releases.append)
+    nonces = [random.getrandbits(48) for _ in range(20_000)]
+    ids = _sql._format_ids(7, nonces)
+    assert ids == [_sql.format_id(7 + i, nonce) for i, nonce in enumerate(nonces)]
+    assert len(releases) == -(-20_000 // _sql.FORMAT_SLICE)
+    releases.clear()
+    assert _sql._format_ids(7, nonces[:100]) == ids[:100] and not releases
 
 
 def test_a_failing_write_does_not_fail_its_batch_neighbours(db: workmatic.Database) -> None:
