@@ -814,5 +814,10 @@ def test_an_add_never_joins_a_transaction_left_open_on_an_adopted_connection(
         client.add({"n": 2})
     conn.execute("ROLLBACK")
     client.add({"n": 3})
-    assert [j.payload for j in db.iter_jobs()] == [{"n": 1}, {"n": 3}]
+    conn.isolation_level = ""  # the application's own: the driver would BEGIN before an INSERT
+    db._writer().turned = time.perf_counter()
+    client.add({"n": 4})
+    assert not conn.in_transaction
+    conn.rollback()  # the application's rollback cannot take an acknowledged job with it
+    assert [j.payload for j in db.iter_jobs()] == [{"n": 1}, {"n": 3}, {"n": 4}]
     db.close()

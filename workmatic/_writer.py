@@ -268,7 +268,10 @@ class Writer:
         try:
             alone = getattr(fn, "alone", None)  # its form as one self-committing statement
             value = None
-            if alone is not None and not raw.in_transaction:  # (else BEGIN fails, as it should)
+            # Only where a statement commits as it ends: not in a transaction left open, and
+            # not if the driver would open one itself (an adopted connection whose
+            # isolation_level the application set again). There BEGIN fails, as it should.
+            if alone is not None and raw.isolation_level is None and not raw.in_transaction:
                 self.db._check_file()
                 try:
                     value = alone(raw, *args)
