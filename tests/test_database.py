@@ -441,8 +441,9 @@ def _statements(db: workmatic.Database) -> Iterator[list[str]]:
         yield kinds
     finally:
         conn.set_trace_callback(None)
-        kinds.extend(" ".join(text.split()[:2]).upper() for text in seen)
-        kinds[:] = [k if k.startswith("BEGIN") else k.split()[0] for k in kinds]
+        for text in seen:
+            words = text.upper().split()
+            kinds.append(" ".join(words[:2]) if words[0] == "BEGIN" else words[0])
 
 
 def test_a_lone_add_is_one_statement_committed_as_it_ends(

@@ -491,7 +491,7 @@ def _insert_job_many(conn: Any, calls: Sequence[tuple[NewJob]]) -> list[str]:
 def _insert_job_alone(conn: Any, row: NewJob) -> str | None:
     """:func:`insert_job` as one statement outside any transaction, which SQLite commits
     as it ends (call it with none open): two statements fewer than ``BEGIN IMMEDIATE`` ...
-    ``COMMIT``, a tenth of a lone add. Only when the insert is the whole transaction: no
+    ``COMMIT``, 3-4 µs of a lone add. Only when the insert is the whole transaction: no
     key to look up first, and no fold of the counts due (:func:`flush_counts`). Returns
     the job's id, or None when it ran nothing (run :func:`insert_job` in a transaction).
     If the statement fails (another connection holds the lock, say), SQLite rolls it

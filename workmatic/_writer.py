@@ -281,9 +281,7 @@ class Writer:
                         return NOT_RUN
                     raise self.db._translate(exc) from exc
                 if value is not None:
-                    fresh = _sql.take_fresh(raw)
-                    if fresh:
-                        self.fresh.extend(fresh)
+                    self._take_fresh()
             if value is None:
                 try:
                     raw.execute("BEGIN IMMEDIATE")
@@ -526,7 +524,11 @@ class Writer:
         _sql.flush_counts(raw)
         self.db._check_file()
         self._commit(deadline)
-        fresh = _sql.take_fresh(raw)
+        self._take_fresh()
+
+    def _take_fresh(self) -> None:
+        """After a commit: note the queues it left new jobs in, for :meth:`_notify_fresh`."""
+        fresh = _sql.take_fresh(self.conn.raw)
         if fresh:
             self.fresh.extend(fresh)
 
