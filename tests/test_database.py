@@ -822,3 +822,27 @@ def test_an_add_never_joins_a_transaction_left_open_on_an_adopted_connection(
     conn.rollback()  # the application's rollback cannot take an acknowledged job with it
     assert [j.payload for j in db.iter_jobs()] == [{"n": 1}, {"n": 3}, {"n": 4}]
     db.close()
+
+
+def test_an_adopted_connection_of_one_thread_runs_the_large_writes_too(tmp_path: Path) -> None:
+    """Regression: the writes that run in a thread of gevent's pool (a large add_many,
+    purge, retry_jobs, import_jobs, transfer, recount) failed on an adopted connection
+    made with the driver's defaults (check_same_thread=True): "SQLite objects created in
+    a thread can only be used in that same thread". They now run in the caller's thread."""
+    conn = _driver.sqlite.connect(str(tmp_path / "adopted.db"))  # the driver's defaults
+    with workmatic.create_database(connection=conn) as db:
+        client = workmatic.create_client(db, "q")
+        ids = client.add_many([{"n": n} for n in range(3000)])
+        assert len(ids) == 3000 and client.stats().ready == 3000
+        db.recount()
+        assert db.transfer("q", "other", limit=1000) == 1000
+        assert db.stats("other").ready == 1000
+        result = db.import_jobs([{"queue": "q", "payload": '{"imported": true}'}])
+        assert result.inserted == 1
+        assert db.purge(queue="other") == 1000
+        assert client.stats().ready == 2001
+        assert db.retry_jobs(status="done") == 0
+        client.clear()
+        assert db.stats().total == 0
+        client.add({"after": "clear"})
+        assert client.stats().ready == 1

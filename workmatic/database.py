@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ import gevent.monkey
 import gevent.threadpool
 
 from . import _driver, _sql
-from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
+from ._writer import NOT_RUN, Conn, Request, Writer, _allocate_lock, get_ident, real_sleep
 from .exceptions import (
     DatabaseClosedError,
     DatabaseError,
@@ -95,8 +96,86 @@ _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
 #: Bumped in a child process after fork(): cheaper to compare than calling os.getpid().
 _forks = [0]
+#: The databases of this process that are open (see _after_fork_in_child).
+_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, close the connections inherited from the parent, of every open
+    database, before any new one is made.
+
+    SQLite keeps, per process, what it believes are this process's locks on each file;
+    a child inherits that belief but not the locks (POSIX locks are not inherited). While
+    an inherited connection stays open, the child's new connections to the file take
+    their locks from that stale record instead of from the system, so other processes
+    cannot see them: the last of those to close would think the database unused, and
+    delete its WAL while the child still commits into it (every job the child added from
+    then on lost). Closing the inherited connections first lets SQLite forget the record.
+    """
+    _forks[0] += 1
+    for db in list(_open_databases):
+        db._close_inherited()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _FileGuards:
+    """One open descriptor per database file, shared by this process's ``Database`` objects
+    for ``_check_file``, and closed only when the last of them closes.
+
+    Closing any descriptor of a file releases every POSIX lock the process holds on it:
+    SQLite's too (it guards its own descriptors against this, not ours). Had each database
+    its own, closing one would release the locks of another still open on the same file,
+    and another process, seeing the file unused, could delete its WAL under it."""
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._held: dict[tuple[int, int], list[int]] = {}  # identity: [fd, users]
+
+    def hold(self, path: str) -> tuple[tuple[int, int], int]:
+        """The identity (device, inode) of the file at ``path`` and a descriptor of it."""
+        with self._lock:
+            st = os.stat(path)
+            identity = (st.st_dev, st.st_ino)
+            entry = self._held.get(identity)
+            if entry is None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                st = os.fstat(fd)
+                identity = (st.st_dev, st.st_ino)  # replaced in between: the new one's
+                entry = self._held.get(identity)
+                if entry is None:
+                    entry = self._held[identity] = [fd, 0]
+                # else (a race with a replacement): this fd must stay open (see above)
+            entry[1] += 1
+            return identity, entry[0]
+
+    def let_go(self, identity: tuple[int, int]) -> None:
+        """One user fewer; close the descriptor after the last (whose connections are
+        closed by then)."""
+        with self._lock:
+            entry = self._held.get(identity)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._held[identity]
+                os.close(entry[0])
+
+
+_file_guards = _FileGuards()
+
+
+def _close_held(conn: Conn) -> None:
+    """Close a connection whose lock the caller holds (best effort), and release it."""
+    try:
+        _sql.forget(conn.raw)
+        conn.raw.close()
+    except Exception:  # pragma: no cover - closing is best effort
+        pass
+    finally:
+        conn.lock.release()
 
 
 def row_to_job(row: Sequence[Any]) -> Job:
@@ -218,6 +297,7 @@ class Database:
         self._subscribers: dict[int, tuple[Any, str | None, Callable[[], None]]] = {}
         self._next_subscriber = 0
         self._shared: Conn | None = None
+        self._adopted = False  # the connection is the application's (connection=)
         self._all_conns: list[Conn] = []
         if connection is not None:
             if not isinstance(connection, _driver.CONNECTION_TYPES):
@@ -226,6 +306,7 @@ class Database:
                 )
             self.path: str | None = _connection_path(connection)
             self._uri = ""
+            self._adopted = True
             connection.isolation_level = None  # type: ignore[attr-defined]
             self._shared = self._configure(connection, adopted=True)
         else:
@@ -255,9 +336,8 @@ class Database:
         try:
             self._setup(create)
             if self.path is not None and self._uri:
-                self._file_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                st = os.fstat(self._file_fd)
-                self._identity = (st.st_dev, st.st_ino)
+                self._identity, self._file_fd = _file_guards.hold(self.path)
+            _open_databases.add(self)
         except OSError as exc:
             self.close()
             raise DatabaseError(f"{self._label}: {exc}") from exc
@@ -541,6 +621,10 @@ class Database:
         commit alone anyway: ``Writer.run_alone``)."""
         self._check()  # first: closed, forked
         writer = self._writer()
+        if offload and self._adopted:
+            # The application's connection may be usable in its own thread only
+            # (check_same_thread): its large writes run in this thread, alone.
+            offload, exclusive = False, True
         if not (exclusive or offload):
             value = writer.run_alone(fn, args)
             if value is not NOT_RUN:
@@ -623,18 +707,40 @@ class Database:
                 writer.checkpointer.kill()
         for conn in self._all_conns:
             conn.acquire(False)
-            try:
-                _sql.forget(conn.raw)
-                conn.raw.close()
-            except Exception:  # pragma: no cover - closing is best effort
-                pass
-            finally:
-                conn.lock.release()
+            _close_held(conn)
         self._writers.clear()
         self._readers.clear()
-        if self._file_fd is not None:
-            os.close(self._file_fd)
+        _open_databases.discard(self)
+        if self._identity is not None:
+            _file_guards.let_go(self._identity)
+            self._identity = None
             self._file_fd = None
+
+    def _close_inherited(self) -> None:
+        """In a forked child: close the parent's connections (see _after_fork_in_child).
+        An adopted connection is the application's: it is kept (as is an in-memory one,
+        the child's own copy). A connection another thread was using when the process
+        forked cannot be closed safely: it is left alone, and SQLite's record of the
+        file's locks with it (as it would be with any other connection left open)."""
+        kept = []
+        for conn in self._all_conns:
+            if conn is self._shared:
+                kept.append(conn)
+                continue
+            if not conn.lock.acquire(False):
+                log.warning(
+                    "%s: a connection was in use in another thread when the process forked;"
+                    " the child may not use this file safely (open databases after forking)",
+                    self._label,
+                )
+                continue
+            _close_held(conn)
+        self._all_conns = kept
+        self._writers.clear()
+        self._readers.clear()
+        self._watchers.clear()
+        self._subscribers.clear()
+        self._forks = _forks[0]
 
     def __enter__(self) -> Database:
         return self
