@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -43,41 +42,21 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
         time.sleep(step)
 
 
-def read_url_line(
-    proc: subprocess.Popen[str], timeout: float = 20.0, *, from_stderr: bool = False
-) -> str:
-    """Return the first URL that ``proc`` prints on stdout (or stderr)."""
-    stream = proc.stderr if from_stderr else proc.stdout
-    assert stream is not None
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = stream.readline()
-            if not line:
-                break
-            for word in line.split():
-                if word.startswith("http://"):
-                    return word.rstrip(".,;)")
-    proc.kill()
-    out, err = proc.communicate(timeout=5)
-    raise AssertionError(f"no URL printed by {proc.args!r}\nstdout: {out}\nstderr: {err}")
-
-
 class Running:
     """A program under test: ``proc``, the ``url`` it printed, and its output so far.
 
-    Unpacks as ``(proc, url)``. After the URL, its stdout and stderr are drained by threads
-    (so a chatty program never blocks on a full pipe) into :meth:`stdout` and :meth:`stderr`.
+    Unpacks as ``(proc, url)``. Its stdout and stderr are drained by threads from the start
+    (so a chatty program never blocks on a full pipe, and no line is lost in a reader's
+    buffer) into :meth:`stdout` and :meth:`stderr`; :meth:`wait_url` finds the URL there.
     """
 
-    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
-        self.url = url
+        self.url = ""
         self._out: list[str] = []
         self._err: list[str] = []
+        self._changed = threading.Condition()
+        self._open = 2  # streams not yet at their end
         self._threads = [
             threading.Thread(target=self._drain, args=(stream, sink), daemon=True)
             for stream, sink in ((proc.stdout, self._out), (proc.stderr, self._err))
@@ -85,10 +64,42 @@ class Running:
         for thread in self._threads:
             thread.start()
 
-    @staticmethod
-    def _drain(stream: Any, sink: list[str]) -> None:
-        for line in iter(stream.readline, ""):
-            sink.append(line)
+    def _drain(self, stream: Any, sink: list[str]) -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                with self._changed:
+                    sink.append(line)
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._open -= 1
+                self._changed.notify_all()
+
+    def wait_url(self, timeout: float = 20.0, *, from_stderr: bool = False) -> str:
+        """Wait for the first URL the program prints on stdout (or stderr); fail, with its
+        output, if none comes within ``timeout`` seconds or the program closes its output."""
+        sink = self._err if from_stderr else self._out
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in sink[seen:]:
+                    for word in line.split():
+                        if word.startswith("http://"):
+                            self.url = word.rstrip(".,;)")
+                            return self.url
+                seen = len(sink)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._open == 0:
+                    break
+                self._changed.wait(left)
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+        self.join()
+        raise AssertionError(
+            f"no URL printed by {self.proc.args!r}\nstdout: {self.stdout()}\n"
+            f"stderr: {self.stderr()}"
+        )
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.proc, self.url))
@@ -127,7 +138,8 @@ def running(
     )
     server = None
     try:
-        server = Running(proc, read_url_line(proc, from_stderr=url_from_stderr))
+        server = Running(proc)
+        server.wait_url(from_stderr=url_from_stderr)
         yield server
     finally:
         if proc.poll() is None:

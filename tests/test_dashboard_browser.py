@@ -7,10 +7,10 @@ process through the public client, on the same database file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,12 @@ def open_page(page: Page, url: str) -> None:
     expect(page.locator("body")).to_have_attribute("data-loaded", "true", timeout=10_000)
 
 
+#: When (ms, the page's clock) each of its requests for the counts started, in order.
+STATS_POLLS = """() => performance.getEntriesByType("resource")
+    .filter((entry) => new URL(entry.name).pathname.endsWith("/api/stats"))
+    .map((entry) => entry.startTime)"""
+
+
 def card(page: Page, status: str) -> Any:
     return page.locator(f'.card[data-status="{status}"] .card-value')
 
@@ -127,11 +133,21 @@ def test_standalone_page_shows_counts_and_updates_live(
         expect(page.locator("#jobs tr.job-row")).to_have_count(4)
 
         workmatic.create_client(db, "emails").add_many([{"i": i} for i in range(5)])
-        added = time.monotonic()
 
-        expect(card(page, "total")).to_have_text("9", timeout=3_000)
-        expect(page.locator("#jobs tr.job-row")).to_have_count(9, timeout=3_000)
-        assert time.monotonic() - added < 3.5
+        # Shown by a refresh of its own (no reload); generous bounds for a loaded machine.
+        expect(card(page, "total")).to_have_text("9", timeout=15_000)
+        expect(page.locator("#jobs tr.job-row")).to_have_count(9, timeout=15_000)
+        # It refreshes every 2 seconds (the README's promise): the interval between polls,
+        # by the browser's own clock, over several of them, is about that (the next poll is
+        # set when one has ended, so a slow response lengthens one interval).
+        polls: list[float] = []
+        for _ in range(150):
+            polls = page.evaluate(STATS_POLLS)
+            if len(polls) >= 6:
+                break
+            page.wait_for_timeout(200)
+        gaps = sorted(b - a for a, b in itertools.pairwise(polls))
+        assert len(gaps) >= 5 and 1_500 <= gaps[len(gaps) // 2] <= 3_500, gaps
 
 
 def test_page_under_a_flask_mount(page: Page, db: workmatic.Database, db_path: Path) -> None:
@@ -146,7 +162,7 @@ def test_page_under_a_flask_mount(page: Page, db: workmatic.Database, db_path: P
         expect(queue_row(page, "emails")).to_be_visible()
 
         workmatic.create_client(db, "emails").add({"i": 99})
-        expect(card(page, "total")).to_have_text("3", timeout=3_000)
+        expect(card(page, "total")).to_have_text("3", timeout=15_000)
 
         # Every request the page made stayed under the mount path.
         root = url[: -len("workmatic/")]
@@ -197,7 +213,7 @@ def test_pause_button_pauses_the_queue_in_the_database(
         expect(queue_row(page, "emails")).to_contain_text("active")
 
 
-def test_queue_paused_elsewhere_shows_within_3_seconds(
+def test_queue_paused_elsewhere_shows_on_a_refresh(
     page: Page, db: workmatic.Database, db_path: Path
 ) -> None:
     client = workmatic.create_client(db, "emails")
@@ -207,7 +223,7 @@ def test_queue_paused_elsewhere_shows_within_3_seconds(
         open_page(page, url)
         expect(queue_row(page, "emails")).to_contain_text("active")
         client.pause()
-        expect(queue_row(page, "emails")).to_contain_text("paused", timeout=3_000)
+        expect(queue_row(page, "emails")).to_contain_text("paused", timeout=15_000)
 
 
 def test_worker_pause_button(page: Page, db: workmatic.Database, db_path: Path) -> None:
@@ -216,10 +232,10 @@ def test_worker_pause_button(page: Page, db: workmatic.Database, db_path: Path) 
         row = page.locator("#workers tr").filter(has_text="emails")
         expect(row).to_contain_text("stopped")
         row.get_by_role("button", name="Pause").click()
-        expect(row.get_by_role("button", name="Resume")).to_be_visible(timeout=3_000)
+        expect(row.get_by_role("button", name="Resume")).to_be_visible(timeout=15_000)
         expect(row).to_contain_text("stopped")  # not started: pausing does not start it
         row.get_by_role("button", name="Resume").click()
-        expect(row.get_by_role("button", name="Pause")).to_be_visible(timeout=3_000)
+        expect(row.get_by_role("button", name="Pause")).to_be_visible(timeout=15_000)
 
 
 def test_job_detail_and_retry(page: Page, db: workmatic.Database, db_path: Path) -> None:
@@ -241,7 +257,7 @@ def test_job_detail_and_retry(page: Page, db: workmatic.Database, db_path: Path)
         drawer.get_by_role("button", name="Retry now").click()
 
         wait_until(lambda: (j := db.get_job(job.id)) is not None and j.status == "ready", timeout=5)
-        expect(drawer.locator(".badge")).to_have_text("ready", timeout=3_000)
+        expect(drawer.locator(".badge")).to_have_text("ready", timeout=15_000)
         page.keyboard.press("Escape")
         expect(drawer).to_be_hidden()
 
