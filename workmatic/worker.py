@@ -135,6 +135,7 @@ class Worker:
         self._stopped = gevent.event.Event()
         self._stopped.set()
         self._stopping = False
+        self._giving_up = False  # stop()'s timeout passed: slots stop retrying their writes
         self._paused = False
         self._pump: gevent.Greenlet | None = None
         self._renewer: gevent.Greenlet | None = None
@@ -206,6 +207,7 @@ class Worker:
         if self._handler is None:
             raise WorkmaticError("no handler: call worker.process(fn) before start()")
         self._stopping = False
+        self._giving_up = False
         self._is_running = True
         self._stopped.clear()
         self._subscription = self.db._subscribe(self.queue, self._wake.set)
@@ -218,6 +220,8 @@ class Worker:
 
         :param timeout: wait at most this many seconds for running handlers; then they are
             interrupted and their jobs released to ``ready`` without counting an attempt.
+            A slot that cannot record its job's outcome (the database keeps failing) stops
+            retrying then: the job stays claimed until its lease expires, and runs again.
         """
         if not self._is_running:
             return
@@ -230,6 +234,7 @@ class Worker:
         if timeout is None:
             self._pool.join()
         elif not self._pool.join(timeout=max(0.0, timeout)):
+            self._giving_up = True
             for running in list(self._running.values()):
                 if running.in_handler and running.greenlet is not None:
                     running.greenlet.kill(_StopRequested, block=False)
@@ -435,6 +440,14 @@ class Worker:
                 self._running.pop(running.rowid, None)
                 return None
             except DatabaseError as exc:
+                if self._giving_up:  # stop()'s timeout has passed
+                    log.error(
+                        "worker %s: stopping; job %s was not recorded (%s): it runs again"
+                        " once its lease expires",
+                        self.id, running.job.id, exc,
+                    )  # fmt: skip
+                    self._running.pop(running.rowid, None)
+                    return None
                 log.warning(
                     "worker %s: cannot record job %s (%s); retrying", self.id, running.job.id, exc
                 )
