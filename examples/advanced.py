@@ -30,7 +30,7 @@ def main(db_path: str) -> list[dict[str, Any]]:
         ids = [
             client.add({"name": "low", "rows": 10}, priority=10),
             client.add({"name": "urgent", "rows": 5}, priority=-10),
-            client.add({"name": "later", "rows": 1}, delay=0.5),
+            client.add({"name": "later", "rows": 1}, delay=2),
             client.add({"name": "flaky", "rows": 3, "flaky": True}, max_attempts=3),
             client.add({"name": "doomed", "rows": 1, "flaky": True}, max_attempts=2),
         ]

@@ -61,3 +61,38 @@ def edit_job(db: Any, job_id: str, assignments: str) -> None:
         _sql.recount(conn)
 
     db._write(run)
+
+
+class LockHolder:
+    """Another process holding a database's write lock (``BEGIN IMMEDIATE``) until
+    :meth:`release` (or the end of its ``with`` block): the test decides how long."""
+
+    def __init__(self, db_path: str) -> None:
+        self.proc = script("lock_holder", db_path, stdin=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "locked":  # pragma: no cover - reported
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"the lock holder did not start: {line!r} {err}")
+
+    def release(self) -> None:
+        """Release the lock (commit) and wait until the holder has ended."""
+        if self.proc.poll() is not None:
+            return
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("release\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.communicate(timeout=30)
+
+    def __enter__(self) -> LockHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.release()
+        finally:
+            if self.proc.poll() is None:  # pragma: no cover - release failed
+                self.proc.kill()
+                self.proc.communicate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gevent
 import pytest
 from helpers import edit_job, wait_for
 
@@ -40,8 +41,10 @@ def test_pause_and_resume_a_queue_worker(memdb: workmatic.Database) -> None:
     orch.start_all()
     orch.pause("q")
     assert orch.worker("q").is_paused
-    orch.client("q").add(1)
-    wait_for(lambda: orch.client("q").stats().ready == 1)
+    orch.client("q").add(1)  # wakes the worker's pump at once; paused, it claims nothing
+    gevent.sleep(0.3)  # a window for it to (wrongly) start the job: no event marks "nothing"
+    assert done == [] and orch.worker("q").active == 0
+    assert orch.client("q").stats().ready == 1
     orch.resume("q")
     wait_for(lambda: done == [1])
     orch.stop_all()

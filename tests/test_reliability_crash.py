@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import re
 import select
 import signal
 import subprocess
@@ -43,7 +44,7 @@ QUEUE = "crash"
 TOTAL = int(os.environ.get("WORKMATIC_CRASH_JOBS", "20000"))
 #: Kills the driver must land while jobs are still waiting.
 MIN_KILLS = int(os.environ.get("WORKMATIC_CRASH_KILLS", "30"))
-LEASE = 2.0  # renewed every 0.67 s
+LEASE = 4.0  # renewed every 1.33 s: a stall of a loaded machine does not lose it
 
 
 @dataclass
@@ -142,11 +143,32 @@ def terminate(procs: list[Proc], timeout: float = 30.0) -> None:
             proc.popen.stdout.close()
 
 
+#: One line of a worker's record (see crash_worker.py), at the end of a line of the file.
+RECORD_LINE = re.compile(r"([0-9a-f]{24}) (\S+) (\d+) (\d+) (start|end) ([0-9.]+)$")
+
+
+def read_records(record: Path) -> list[tuple[str, ...]]:
+    """The whole lines of a record file, as fields.
+
+    Workers append while this reads: a last line without its newline is still being
+    written, and left out. A worker killed while appending can leave its line cut short
+    (the kernel ends a file write at a page boundary once SIGKILL is pending), and the
+    next line written is then appended to it: such a line ends with a whole record, which
+    is kept, and the cut part, which cannot be read, is not (its run looks like one whose
+    worker died before recording it)."""
+    found = []
+    for line in record.read_text().split("\n")[:-1]:
+        match = RECORD_LINE.search(line)
+        if match is not None:
+            found.append(match.groups())
+    return found
+
+
 def read_runs(record: Path) -> dict[str, list[Run]]:
     """The runs in a record file, by job id, in start order."""
     runs: dict[tuple[str, str, int], Run] = {}
-    for line in record.read_text().splitlines():
-        job_id, name, _pid, attempts, what, stamp = line.split()
+    for job_id, name, _pid, attempts, what, stamp in read_records(record):
+        line = " ".join((job_id, name, _pid, attempts, what, stamp))
         key = (job_id, name, int(attempts))
         if what == "start":
             assert key not in runs, f"a run started twice: {line}"
@@ -369,8 +391,7 @@ def test_workers_killed_every_few_hundred_ms_lose_no_job(
         kills.append(victim)
         done_at_last_kill = count_done(db)
         kills_during_work += done_at_last_kill < total
-        runs = [line.split() for line in record.read_text().splitlines()]
-        mine = [r[4] for r in runs if r[1] == victim.name]
+        mine = [r[4] for r in read_records(record) if r[1] == victim.name]
         hit_running += mine.count("start") > mine.count("end")
         ready.discard(slot)
         workers[slot] = start_worker(slot)
@@ -472,7 +493,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     )
     assert job.status == "dead" and job.attempts == 3 and deaths == 3
     assert "lease expired" in (job.last_error or "")
-    starts = [line for line in record.read_text().splitlines() if line.startswith(suicide)]
+    starts = [r for r in read_records(record) if r[0] == suicide and r[4] == "start"]
     assert len(starts) == 3, starts  # max_attempts=3: three runs, no more
     assert db.stats(QUEUE).done == len(others)
 

@@ -17,14 +17,16 @@ import random
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
-from helpers import SCRIPTS, wait_for
+from helpers import SCRIPTS, LockHolder, wait_for
 
 import workmatic
 
@@ -289,24 +291,16 @@ def test_a_lock_held_for_long_gives_database_locked_and_the_worker_recovers(
     workmatic.create_database(db_path).close()
     fault = start(faults, tmp_path, "locked", db_path)
     fault.expect("added")
-    holder = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "lock_holder.py"), db_path, "4"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with LockHolder(db_path):
         fault.send("locked")
-        report = fault.expect("locked", timeout=90)
-        fault.finish()
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
+        fault.expect("tried", timeout=90)  # its add met the lock for all of lock_timeout
+    fault.send("released")
+    report = fault.expect("locked", timeout=90)
+    fault.finish()
     print("FIGURES locked", json.dumps(report))
     assert report["add"]["type"] == "DatabaseLockedError", report
     assert "lock_timeout" in report["add"]["error"]
-    assert 0.9 <= report["add_seconds"] <= 3.0  # lock_timeout=1: bounded, not forever
+    assert 0.9 <= report["add_seconds"] <= 10.0  # lock_timeout=1: bounded, not forever
     assert report["max_hub_stall"] < 0.5  # the wait never froze the hub
     assert report["all_done"] and report["stats"]["done"] == 50, report
     assert report["stats"]["total"] == 50  # the refused add wrote nothing
@@ -324,7 +318,7 @@ conn.execute("BEGIN IMMEDIATE")
 conn.execute("CREATE TABLE IF NOT EXISTS held (x)")
 conn.execute("COMMIT")
 print("held", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()
 conn.close()
 """
 
@@ -336,20 +330,24 @@ def test_open_waits_for_a_lock_held_elsewhere(tmp_path: Path) -> None:
     db_path = str(tmp_path / "jobs.db")
     make_db(db_path, jobs=3)
     holder = subprocess.Popen(
-        [sys.executable, "-c", EXCLUSIVE_HOLDER, db_path, "2"], stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", EXCLUSIVE_HOLDER, db_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        # Released in 1.5 s, from a real thread (the hub may be busy opening).
+        release = threading.Timer(1.5, holder.communicate, ("release\n",))
         began = time.monotonic()
-        # lock_timeout=30: opening must wait (cooperatively) for the 2 s lock, not fail.
+        release.start()
+        # lock_timeout=30: opening must wait (cooperatively) for the lock, not fail.
         with workmatic.create_database(db_path, lock_timeout=30) as db:
+            waited = time.monotonic() - began
             assert db.stats().total == 3
-        assert time.monotonic() - began < 30
+        release.join()
+        assert waited >= 1.0  # it did wait for the lock
     finally:
         holder.kill()
         holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
 
 
 def test_many_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
@@ -474,7 +472,7 @@ def test_no_false_lost_lease_warnings(
     just finished (the finish committed before the renewal of the same job)."""
     caplog.set_level(logging.WARNING, logger="workmatic.worker")
     client = workmatic.create_client(db, "q")
-    client.add_many([{"n": k} for k in range(3000)])
+    client.add_many([{"n": k} for k in range(10_000)])
     runs: dict[str, int] = {}
     rng = random.Random(3)
 
@@ -482,10 +480,12 @@ def test_no_false_lost_lease_warnings(
         runs[job.id] = runs.get(job.id, 0) + 1
         gevent.sleep(rng.uniform(0, 0.004))
 
-    worker = workmatic.create_worker(db, "q", concurrency=16, lease=0.3, handler=handler)
+    # A short lease, renewed every 1/3 s: many renewals race the finishes (but a lease
+    # long enough that a stalled machine does not let the worker's own jobs expire).
+    worker = workmatic.create_worker(db, "q", concurrency=16, lease=1.0, handler=handler)
     worker.start()
     try:
-        wait_for(lambda: db.stats("q").done == 3000, timeout=60)
+        wait_for(lambda: db.stats("q").done == 10_000, timeout=120)
     finally:
         worker.stop()
     assert max(runs.values()) == 1  # no job was really lost: each ran once
@@ -498,12 +498,18 @@ def test_closing_the_database_under_a_running_worker_is_handled(
 ) -> None:
     db = workmatic.create_database(db_path)
     job_id = workmatic.create_client(db, "q").add({"x": 1})
-    worker = workmatic.create_worker(
-        db, "q", lease=2, handler=lambda job: gevent.sleep(0.3), poll_interval=0.1
-    )
+    running = gevent.event.Event()
+    go = gevent.event.Event()
+
+    def handler(job: workmatic.Job) -> None:
+        running.set()
+        go.wait()
+
+    worker = workmatic.create_worker(db, "q", lease=2, handler=handler, poll_interval=0.1)
     worker.start()
-    wait_for(lambda: worker.active == 1)
-    db.close()
+    assert running.wait(10)
+    db.close()  # under the running job
+    go.set()
     stopper = gevent.spawn(worker.stop, 5)
     stopper.join(timeout=15)
     assert stopper.dead, "stop() hung"

@@ -371,14 +371,15 @@ def test_cli_pause_stops_a_worker_in_another_process_and_resume_restarts_it(
     wait_for(lambda: handled(workdir) == [first], what="the first job")
 
     assert run_cli("pause", workdir / "jobs.db", "emails").returncode == 0
-    gevent.sleep(1.2)  # the contract: a pause is honoured in every process within ~1 s
+    # The contract: a pause is honoured in every process within about a second. Here at
+    # once: the claim itself checks the flag, in its write transaction.
     second = client.add({"n": 2})
-    gevent.sleep(1.0)  # nothing may start while paused
+    gevent.sleep(1.0)  # a window for it to (wrongly) start: no event marks "nothing"
     assert handled(workdir, "start") == [first]
     assert status(db, second) == "ready"
 
     assert run_cli("resume", workdir / "jobs.db", "emails").returncode == 0
-    wait_for(lambda: handled(workdir) == [first, second], timeout=5, what="resume")
+    wait_for(lambda: handled(workdir) == [first, second], timeout=30, what="resume")
     runner.signal()
     assert runner.wait() == 0
 

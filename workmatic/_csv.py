@@ -125,13 +125,23 @@ class _Abort(Exception):
     """Raised from inside the record generator to roll the import back."""
 
 
+def _progress_interval() -> float:
+    try:
+        value = float(os.environ.get("WORKMATIC_PROGRESS_INTERVAL", "0.25"))
+    except ValueError:
+        return 0.25
+    return value if 0 <= value < 3600 else 0.25
+
+
 class Progress:
     """A one-line progress counter on a terminal (silent when the stream is not a tty).
 
     :param verb: what is counted, e.g. ``"exported"``.
     :param total: the expected count, if known, to show a percentage.
     :param stream: where to write; ``sys.stderr`` by default.
-    :param interval: redraw at most this often (seconds).
+    :param interval: redraw at most this often (seconds), and draw first after it (so an
+        operation quicker than that shows nothing); ``WORKMATIC_PROGRESS_INTERVAL`` in the
+        environment, else 0.25 s.
     """
 
     def __init__(
@@ -139,10 +149,10 @@ class Progress:
         verb: str,
         total: int | None = None,
         stream: TextIO | None = None,
-        interval: float = 0.25,
+        interval: float | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.interval = interval
+        self.interval = interval if interval is not None else _progress_interval()
         self.verb = verb
         self.total = total
         self.count = 0

@@ -178,6 +178,10 @@ def locked() -> None:
     began = time.monotonic()
     result = attempt(lambda: ack([client.add({"while": "locked"})]))
     took = time.monotonic() - began
+    stall = max(gaps)  # during the add's wait
+    report("tried", add=result)
+    wait_line("released")  # the test released the lock
+    began = time.monotonic()
     worker = workmatic.create_worker(db, "q", concurrency=4, lease=5, poll_interval=0.1)
     worker.process(lambda job: None)
     worker.start()
@@ -190,7 +194,7 @@ def locked() -> None:
         "locked",
         add=result,
         add_seconds=round(took, 3),
-        max_hub_stall=round(max(gaps), 3),
+        max_hub_stall=round(stall, 3),
         all_done=done,
         done_after_seconds=round(done_after, 2),
         stats=stats(db),

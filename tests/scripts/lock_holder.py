@@ -1,7 +1,7 @@
-"""Hold a database's write lock: ``lock_holder.py DB SECONDS``. Prints "locked" once held."""
+"""Hold a database's write lock: ``lock_holder.py DB``. Prints "locked" once held, and
+releases it when a line arrives on stdin (or stdin closes), then prints "released"."""
 
 import sys
-import time
 
 try:
     from pysqlite3 import dbapi2 as sqlite
@@ -11,6 +11,6 @@ except ImportError:
 conn = sqlite.connect(sys.argv[1], isolation_level=None, timeout=10)
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()
 conn.execute("COMMIT")
 print("released", flush=True)
