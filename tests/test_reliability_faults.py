@@ -302,6 +302,7 @@ def test_a_lock_held_for_long_gives_database_locked_and_the_worker_recovers(
     assert "lock_timeout" in report["add"]["error"]
     assert 0.9 <= report["add_seconds"] <= 10.0  # lock_timeout=1: bounded, not forever
     assert report["max_hub_stall"] < 0.5  # the wait never froze the hub
+    assert report["claims_refused"]  # a worker under the lock: refused, and retried
     assert report["all_done"] and report["stats"]["done"] == 50, report
     assert report["stats"]["total"] == 50  # the refused add wrote nothing
 

@@ -39,6 +39,11 @@ def is_busy(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
+def library_of(conn: Any) -> str:
+    """Which SQLite library a connection (ours or an adopted one) runs on: a driver name."""
+    return "pysqlite3" if type(conn).__module__.startswith("pysqlite3") else "sqlite3"
+
+
 def error_types(conn: Any) -> tuple[type[BaseException], ...]:
     """The driver's base error classes for a connection (ours or an adopted one)."""
     module = type(conn).__module__

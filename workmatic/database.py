@@ -100,6 +100,26 @@ _forks = [0]
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
+def _before_fork() -> None:
+    """Wait until no thread is inside SQLite on a connection of an open database, and keep
+    it so over the fork: each connection's lock is held (they are held only across SQL
+    that does not yield, and never two at once, so this waits at most for the statements
+    running in other threads). A child then closes them safely (below); a thread caught
+    inside SQLite could have left SQLite's own mutexes held in the child, for ever."""
+    _file_guards.lock.acquire()
+    for db in list(_open_databases):
+        for conn in list(db._all_conns):
+            if conn is not db._shared:
+                conn.lock.acquire()
+                _held_over_fork.append(conn)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().lock.release()
+    _file_guards.lock.release()
+
+
 def _after_fork_in_child() -> None:
     """In a forked child, close the connections inherited from the parent, of every open
     database, before any new one is made.
@@ -113,12 +133,19 @@ def _after_fork_in_child() -> None:
     then on lost). Closing the inherited connections first lets SQLite forget the record.
     """
     _forks[0] += 1
+    _after_fork_in_parent()  # the locks _before_fork took, in the child's copy
     for db in list(_open_databases):
         db._close_inherited()
 
 
+#: The connections whose locks _before_fork holds over a fork.
+_held_over_fork: list[Conn] = []
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class _FileGuards:
@@ -131,12 +158,14 @@ class _FileGuards:
     and another process, seeing the file unused, could delete its WAL under it."""
 
     def __init__(self) -> None:
-        self._lock = _allocate_lock()
+        self.lock = _allocate_lock()  # also held over a fork (see _before_fork)
         self._held: dict[tuple[int, int], list[int]] = {}  # identity: [fd, users]
+        self._libraries: dict[tuple[int, int], set[str]] = {}  # the SQLite copies using it
 
-    def hold(self, path: str) -> tuple[tuple[int, int], int]:
-        """The identity (device, inode) of the file at ``path`` and a descriptor of it."""
-        with self._lock:
+    def hold(self, path: str, library: str) -> tuple[tuple[int, int], int]:
+        """The identity (device, inode) of the file at ``path`` and a descriptor of it, for
+        a database whose connections use the SQLite of ``library`` (a driver's name)."""
+        with self.lock:
             st = os.stat(path)
             identity = (st.st_dev, st.st_ino)
             entry = self._held.get(identity)
@@ -149,18 +178,29 @@ class _FileGuards:
                     entry = self._held[identity] = [fd, 0]
                 # else (a race with a replacement): this fd must stay open (see above)
             entry[1] += 1
+            libraries = self._libraries.setdefault(identity, set())
+            if libraries and library not in libraries:
+                log.warning(
+                    "%s: open in this process through two SQLite libraries (%s and %s): when"
+                    " the connections of one close, SQLite releases the locks of the other"
+                    " (POSIX locks are per process), and another process may then delete the"
+                    " WAL in use; use one driver for the file (Database.driver)",
+                    path, sorted(libraries)[0], library,
+                )  # fmt: skip
+            libraries.add(library)
             return identity, entry[0]
 
     def let_go(self, identity: tuple[int, int]) -> None:
         """One user fewer; close the descriptor after the last (whose connections are
         closed by then)."""
-        with self._lock:
+        with self.lock:
             entry = self._held.get(identity)
             if entry is None:
                 return
             entry[1] -= 1
             if entry[1] <= 0:
                 del self._held[identity]
+                self._libraries.pop(identity, None)
                 os.close(entry[0])
 
 
@@ -298,6 +338,7 @@ class Database:
         self._next_subscriber = 0
         self._shared: Conn | None = None
         self._adopted = False  # the connection is the application's (connection=)
+        self._unsafe_after_fork = False  # see _close_inherited
         self._all_conns: list[Conn] = []
         if connection is not None:
             if not isinstance(connection, _driver.CONNECTION_TYPES):
@@ -335,9 +376,12 @@ class Database:
         self._path_checked = 0.0
         try:
             self._setup(create)
-            if self.path is not None and self._uri:
-                self._identity, self._file_fd = _file_guards.hold(self.path)
-            _open_databases.add(self)
+            if self.path is not None:  # adopted connections too: see _FileGuards
+                shared = self._shared
+                library = _driver.library_of(shared.raw) if shared is not None else _driver.DRIVER
+                self._identity, self._file_fd = _file_guards.hold(self.path, library)
+            with _file_guards.lock:  # not while _before_fork walks the set
+                _open_databases.add(self)
         except OSError as exc:
             self.close()
             raise DatabaseError(f"{self._label}: {exc}") from exc
@@ -376,13 +420,13 @@ class Database:
     def _check(self) -> None:
         if self._closed:
             raise DatabaseClosedError(f"{self._label}: the database is closed")
-        if _forks[0] != self._forks:  # forked: never share SQLite connections with a parent
-            self._forks = _forks[0]
-            self._writers.clear()
-            self._readers.clear()
-            self._watchers.clear()
-            self._subscribers.clear()
-            self._all_conns = [c for c in self._all_conns if c is self._shared]
+        if _forks[0] != self._forks:  # forked (the fork hook does this first, normally)
+            self._close_inherited()
+        if self._unsafe_after_fork:
+            raise DatabaseError(
+                f"{self._label}: another thread was using this database when the process"
+                " forked; it cannot be used safely in the child (open databases after forking)"
+            )
 
     def _check_file(self) -> None:
         """Refuse to commit into a database file that was deleted or replaced since it was
@@ -710,7 +754,8 @@ class Database:
             _close_held(conn)
         self._writers.clear()
         self._readers.clear()
-        _open_databases.discard(self)
+        with _file_guards.lock:
+            _open_databases.discard(self)
         if self._identity is not None:
             _file_guards.let_go(self._identity)
             self._identity = None
@@ -719,20 +764,22 @@ class Database:
     def _close_inherited(self) -> None:
         """In a forked child: close the parent's connections (see _after_fork_in_child).
         An adopted connection is the application's: it is kept (as is an in-memory one,
-        the child's own copy). A connection another thread was using when the process
-        forked cannot be closed safely: it is left alone, and SQLite's record of the
-        file's locks with it (as it would be with any other connection left open)."""
+        the child's own copy). A connection still in use (made by another thread while the
+        fork began, so not held over it) cannot be closed safely: it is left open, and
+        with it SQLite's stale record of the file's locks, so the database refuses to be
+        used in the child."""
         kept = []
         for conn in self._all_conns:
             if conn is self._shared:
                 kept.append(conn)
                 continue
-            if not conn.lock.acquire(False):
+            if not conn.lock.acquire(False):  # made while the fork began: not held over it
                 log.warning(
                     "%s: a connection was in use in another thread when the process forked;"
-                    " the child may not use this file safely (open databases after forking)",
+                    " this database cannot be used in the child (open databases after forking)",
                     self._label,
                 )
+                self._unsafe_after_fork = True
                 continue
             _close_held(conn)
         self._all_conns = kept

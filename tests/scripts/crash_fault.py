@@ -14,8 +14,8 @@ non-workmatic exception is reported as ``"unexpected"`` and exits 3).
   name and message).
 * ``locked``: with jobs waiting, wait for a line ``locked`` on stdin (another process then
   holds the write lock), time an ``add()`` under ``lock_timeout=1`` and measure the gevent
-  hub's longest stall meanwhile, then check that a worker gets every job done once the
-  lock is released.
+  hub's longest stall meanwhile; start a worker, whose claims fail, and report ("tried");
+  then, after a line ``released``, check that the worker gets every job done.
 * ``deleted``: a worker and a producer greenlet run; after a line ``deleted`` on stdin
   (the files were removed), keep adding for a while and report what ``add()`` did.
 
@@ -28,6 +28,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
@@ -37,6 +38,7 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 
 import workmatic  # noqa: E402
 
@@ -179,12 +181,23 @@ def locked() -> None:
     result = attempt(lambda: ack([client.add({"while": "locked"})]))
     took = time.monotonic() - began
     stall = max(gaps)  # during the add's wait
-    report("tried", add=result)
-    wait_line("released")  # the test released the lock
-    began = time.monotonic()
+    # A worker started under the lock: its claims fail (DatabaseLockedError), and it
+    # retries them, until the lock goes.
+    refused = gevent.event.Event()
+
+    class Refusals(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "claim failed" in record.getMessage():
+                refused.set()
+
+    logging.getLogger("workmatic").addHandler(Refusals(logging.WARNING))
     worker = workmatic.create_worker(db, "q", concurrency=4, lease=5, poll_interval=0.1)
     worker.process(lambda job: None)
     worker.start()
+    claims_refused = refused.wait(60)
+    report("tried", add=result, claims_refused=claims_refused)
+    wait_line("released")  # the test released the lock
+    began = time.monotonic()
     done = wait_until(lambda: db.stats("q").done >= 50, timeout=60)
     done_after = time.monotonic() - began
     worker.stop(timeout=10)
@@ -195,6 +208,7 @@ def locked() -> None:
         add=result,
         add_seconds=round(took, 3),
         max_hub_stall=round(stall, 3),
+        claims_refused=claims_refused,
         all_done=done,
         done_after_seconds=round(done_after, 2),
         stats=stats(db),

@@ -2,15 +2,17 @@
 parent closes its own ``Database`` and another process opens and closes the file (as
 the CLI or a cron job would): ``fork_child.py DB [--busy]``.
 
-``--busy`` forks while one of the parent's connections is in use (its lock held, as by
-another thread mid-statement). Prints one JSON line: the jobs the child acknowledged,
-and those of them the file does not hold.
+``--busy`` forks while another thread of the parent is in the middle of a long read (a
+report, a dashboard): the fork waits for it. Prints one JSON line: the jobs the child
+acknowledged, and those of them the file does not hold.
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import workmatic
 
@@ -21,14 +23,28 @@ conn.execute("SELECT count(*) FROM jobs").fetchone()
 conn.close()
 """
 
+LONG_READ = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000)"
+    " SELECT count(*) FROM c"
+)
+
 path = sys.argv[1]
 busy = "--busy" in sys.argv[2:]
 db = workmatic.create_database(path)
 client = workmatic.create_client(db, "forked")
 client.add({"before": "fork"})
-held = db._reader().lock if busy else None
-if held is not None:
-    held.acquire()  # in the child, as if another thread had been using it at the fork
+reader = None
+if busy:  # another thread reads for a while (about a second) across the fork
+
+    def long_read(raw: object) -> int:
+        reading.set()
+        return raw.execute(LONG_READ).fetchone()[0]  # type: ignore[attr-defined, no-any-return]
+
+    reading = threading.Event()
+    reader = threading.Thread(target=db._read, args=(long_read,))
+    reader.start()
+    reading.wait()
+forking = time.monotonic()
 started_r, started_w = os.pipe()
 go_r, go_w = os.pipe()
 pid = os.fork()
@@ -44,11 +60,12 @@ if pid == 0:  # the child: a worker process of a preforking server, say
     with open(path + ".acked", "w") as out:
         out.write("\n".join(acked))
     os._exit(0)
+fork_seconds = time.monotonic() - forking
 os.close(started_w)
 os.close(go_r)
 os.read(started_r, 1)
-if held is not None:
-    held.release()
+if reader is not None:
+    reader.join()
 db.close()  # the parent is done with the database, and stays alive
 # Another process opens the file and closes it: the last to close a WAL database, if it
 # thinks itself the only user, checkpoints it and deletes the WAL.
@@ -70,6 +87,7 @@ print(
             "acked": len(acked),
             "missing": len(missing),
             "stored": stored,
+            "fork_seconds": round(fork_seconds, 3),
         }
     ),
     flush=True,
