@@ -128,6 +128,26 @@ def test_add_many_with_one_bad_payload_writes_nothing(memdb: workmatic.Database)
     assert client.stats().total == 0
 
 
+def test_add_many_stores_and_refuses_each_payload_as_add_does(memdb: workmatic.Database) -> None:
+    """add_many encodes the common payload inline (see Client.add_many) and leaves the
+    rest to the same check as add(): non-ASCII text and nested values are stored exactly,
+    and each bad payload is reported at its index with add()'s own message."""
+    client = workmatic.create_client(memdb)
+    good = [{"n": 1}, {"name": "Zoë ✓"}, ["a", {"b": None}], "text", 3.5, {"e": "😀"}, None]
+    ids = client.add_many(good)
+    assert [job.payload for job in map(client.get, ids) if job is not None] == good
+    bad = [{"ok": 1}, {"x": float("nan")}, {"ok": "é"}, {"x": "\ud800"}, object(), [1, {2, 3}]]
+    with pytest.raises(workmatic.ValidationError) as info:
+        client.add_many(bad)
+    messages = info.value.messages["payloads"]
+    assert sorted(messages) == [1, 3, 4, 5]
+    for index in messages:
+        with pytest.raises(workmatic.ValidationError) as alone:
+            client.add(bad[index])
+        assert messages[index] == alone.value.messages["payload"]
+    assert client.stats().total == len(good)
+
+
 @pytest.mark.parametrize(
     ("payload", "options", "field"),
     [

@@ -252,10 +252,13 @@ class Writer:
         A function with an ``alone`` form (``alone(conn, *args)``: one statement that
         SQLite commits as it ends, or None when it does not apply) runs as that, without
         ``BEGIN`` and ``COMMIT``."""
+        runnable = self.runnable  # _others_runnable(), inlined: this runs for every lone write
         if (
             self.busy
             or self.pending
-            or self._others_runnable()
+            or runnable is None
+            or runnable
+            or self.hub.loop.pendingcnt
             or time.perf_counter() - self.turned >= TURN_EVERY
             or gevent.getcurrent() is self.hub
         ):
@@ -425,7 +428,9 @@ class Writer:
     def _notify_fresh(self) -> None:
         """Wake this process's workers of the queues the last commits left new jobs in."""
         queues, self.fresh = self.fresh, []
-        for queue in dict.fromkeys(queues):
+        if not self.db._subscribers:  # no worker listens in this process
+            return
+        for queue in queues if len(queues) == 1 else dict.fromkeys(queues):
             try:
                 self.db._notify(queue)
             except Exception:  # pragma: no cover - a subscriber's bug: never the writer's

@@ -14,7 +14,7 @@ from ._writer import hub_turn
 from .database import OFFLOAD_ROWS, Database
 from .exceptions import ValidationError
 from .job import Job, JobStats, new_nonce, now_ms
-from .schemas import dump_payload, validate_add_options, validate_queue
+from .schemas import dump_payload, encode_parts, validate_add_options, validate_queue
 
 __all__ = ["Client", "create_client"]
 
@@ -107,17 +107,31 @@ class Client:
         items = []
         errors: dict[int, Any] = {}
         turn = time.perf_counter() + HUB_TURN_EVERY
+        # Without a schema, the common case (text encoded, all ASCII) is checked inline;
+        # anything else goes through dump_payload, which decides (~13 % of a batch's time).
+        encode = encode_parts if self.schema is None else None
+        join = "".join
         for index, payload in enumerate(payloads):
             if index & 63 == 63 and time.perf_counter() >= turn:
                 hub_turn()  # serialising 100k payloads takes a while: let others run
                 turn = time.perf_counter() + HUB_TURN_EVERY
-            try:
-                text = dump_payload(payload, self.schema)
-            except ValidationError as exc:
-                errors[index] = exc.messages["payload"]
-                if len(errors) >= 100:
-                    break
-                continue
+            text = None
+            if encode is not None:
+                try:
+                    text = join(encode(payload, 0))
+                except Exception:
+                    text = None
+                else:
+                    if not text.isascii():
+                        text = None
+            if text is None:
+                try:
+                    text = dump_payload(payload, self.schema)
+                except ValidationError as exc:
+                    errors[index] = exc.messages["payload"]
+                    if len(errors) >= 100:
+                        break
+                    continue
             items.append((new_nonce(), text))
         if errors:
             raise ValidationError({"payloads": errors})

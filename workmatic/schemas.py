@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -193,8 +193,15 @@ if _c_make_encoder is not None:
     def _encode(value: Any) -> str:
         return "".join(_c_encoder(value, 0))
 
+    #: ``encode_parts(value, 0)``: the same encoding as a tuple of strings, for a loop
+    #: over many payloads to call without three Python calls around each (``add_many``).
+    #: It checks nothing more: a payload it fails on, or whose text is not ASCII, goes
+    #: through :func:`dump_payload`, which decides. None without the C encoder.
+    encode_parts: Callable[[Any, int], Sequence[str]] | None = _c_encoder
+
 else:  # pragma: no cover - CPython always has the C encoder
     _encode = _ENCODER.encode
+    encode_parts = None
 
 
 def _to_json(value: Any, field: str) -> str:
