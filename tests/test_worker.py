@@ -578,6 +578,143 @@ def test_stop_with_timeout_gives_up_recording_a_job_while_the_database_fails(
     assert job.status == "running" and job.attempts == 0  # until its lease expires
 
 
+def test_slots_that_finish_together_record_and_claim_in_one_transaction(
+    db: workmatic.Database,
+) -> None:
+    """Eight handlers return together: their eight outcomes and the eight next jobs of
+    their slots are one transaction (a round), and every slot runs its next job at once,
+    without waiting for the pump."""
+    client = workmatic.create_client(db, "q")
+    first = [client.add({"batch": 1, "n": n}) for n in range(8)]
+    second = [client.add({"batch": 2, "n": n}) for n in range(8)]
+    gates = {1: gevent.event.Event(), 2: gevent.event.Event()}
+    started: dict[int, int] = {1: 0, 2: 0}
+
+    def handler(job: workmatic.Job) -> int:
+        started[job.payload["batch"]] += 1
+        gates[job.payload["batch"]].wait()
+        return int(job.payload["n"])
+
+    worker = make(db, handler, concurrency=8, poll_interval=60)
+    worker.start()
+    wait_for(lambda: started[1] == 8)
+    commits = db._writer().commits
+    gates[1].set()
+    wait_for(lambda: started[2] == 8)
+    assert db._writer().commits - commits == 1, "eight outcomes and eight claims, one commit"
+    assert [job_of(db, job_id).status for job_id in first] == ["done"] * 8
+    assert [job_of(db, job_id).status for job_id in second] == ["running"] * 8
+    gates[2].set()
+    wait_for(lambda: worker.processed == 16)
+    worker.stop()
+    assert [job_of(db, job_id).result for job_id in first + second] == list(range(8)) * 2
+    assert worker.active == 0 and db.stats("q").done == 16
+
+
+def test_a_round_the_database_refuses_is_retried_whole(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The transaction of a round of four outcomes fails (the disk full, say): the worker
+    says so and retries the whole round; once the database accepts it, all four are
+    recorded and the slots go on to the next jobs."""
+    from workmatic import _driver, _sql
+
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    client = workmatic.create_client(db, "q")
+    ids = [client.add({"n": n}) for n in range(8)]
+    gate = gevent.event.Event()
+    failures = [3]
+    finish_many = _sql.finish_many
+
+    def flaky(conn: Any, outcomes: Any) -> Any:
+        if failures[0] > 0 and len(outcomes) == 4:
+            failures[0] -= 1
+            raise _driver.sqlite.OperationalError("database or disk is full")
+        return finish_many(conn, outcomes)
+
+    monkeypatch.setattr(_sql, "finish_many", flaky)
+
+    def handler(job: workmatic.Job) -> int:
+        gate.wait()
+        return int(job.payload["n"])
+
+    worker = make(db, handler, concurrency=4, poll_interval=60)
+    worker.start()
+    wait_for(lambda: worker.active == 4)
+    gate.set()
+    wait_for(lambda: worker.processed == 8, timeout=30)
+    worker.stop()
+    assert failures == [0]
+    retries = [r.getMessage() for r in caplog.records if "cannot record job" in r.getMessage()]
+    assert len(retries) == 3 and all("and 3 more" in message for message in retries)
+    assert [job_of(db, job_id).result for job_id in ids] == list(range(8))
+    assert db.stats("q").done == 8
+
+
+def test_stop_with_timeout_gives_up_a_round_while_the_database_fails(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round of three outcomes cannot be recorded: once stop()'s timeout has passed the
+    leader gives up, every slot of the round ends (none is left waiting for its next job),
+    and the three jobs stay claimed until their leases expire."""
+    from workmatic import _driver, _sql
+
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    client = workmatic.create_client(db, "q")
+    ids = [client.add({"n": n}) for n in range(3)]
+    gate = gevent.event.Event()
+
+    def disk_full(*args: Any) -> Any:
+        raise _driver.sqlite.OperationalError("database or disk is full")
+
+    worker = make(db, lambda job: gate.wait(), concurrency=3, poll_interval=60)
+    worker.start()
+    wait_for(lambda: worker.active == 3)
+    monkeypatch.setattr(_sql, "finish_many", disk_full)
+    gate.set()
+    wait_for(lambda: any("and 2 more" in r.getMessage() for r in caplog.records))
+    worker.stop(timeout=0.2)
+    assert worker.active == 0 and not worker.is_running and len(worker._pool) == 0
+    given_up = [r.getMessage() for r in caplog.records if "was not recorded" in r.getMessage()]
+    assert len(given_up) == 3
+    assert [job_of(db, job_id).status for job_id in ids] == ["running"] * 3
+    assert all(job_of(db, job_id).attempts == 0 for job_id in ids)
+
+
+def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
+    memdb: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the next job of a slot in a round fails (a bug, simulated): every other
+    slot of the round is still woken, the worker goes on, and the job that could not be
+    handed out runs again once its lease expires (it was claimed, never renewed), as does
+    the leader's own next job when the failure ended the leader's greenlet."""
+    from workmatic import worker as worker_module
+
+    client = workmatic.create_client(memdb, "q")
+    ids = [client.add({"n": n}) for n in range(12)]
+    gate = gevent.event.Event()
+    built = [0]
+    claimed_job = worker_module.claimed_job
+
+    def flaky(row: Any) -> workmatic.Job:
+        built[0] += 1
+        if built[0] == 6:  # the second of the round's next jobs
+            raise RuntimeError("simulated bug")
+        return claimed_job(row)
+
+    monkeypatch.setattr(worker_module, "claimed_job", flaky)
+    worker = make(memdb, lambda job: gate.wait(), concurrency=4, lease=0.5, poll_interval=0.05)
+    worker.start()
+    wait_for(lambda: worker.active == 4)
+    gate.set()
+    wait_for(lambda: memdb.stats("q").done == 12, timeout=30)
+    worker.stop(timeout=5)
+    assert not worker.is_running and len(worker._pool) == 0 and worker.active == 0
+    rerun = [job_of(memdb, job_id) for job_id in ids if job_of(memdb, job_id).attempts]
+    assert 1 <= len(rerun) <= 2
+    assert all((job.status, job.attempts) == ("done", 1) for job in rerun)
+
+
 def test_a_transient_database_error_does_not_kill_the_worker(
     db_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:

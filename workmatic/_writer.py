@@ -95,35 +95,14 @@ class Conn:
             delay = min(delay * 2, 0.005)
 
 
-class Request:
-    """One queued write and, once it ran, its outcome (``get()`` waits for it)."""
+class Pending:
+    """An outcome still to come, and the greenlet of this hub waiting for it: ``set()``
+    records it and wakes the waiter, ``get()`` waits for it (a write's, or a worker slot's
+    next job)."""
 
-    __slots__ = (
-        "args",
-        "deadline",
-        "done",
-        "exclusive",
-        "fn",
-        "hub",
-        "offload",
-        "ok",
-        "value",
-        "waiter",
-    )
+    __slots__ = ("done", "hub", "ok", "value", "waiter")
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        deadline: float,
-        exclusive: bool,
-        offload: bool,
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.deadline = deadline
-        self.exclusive = exclusive
-        self.offload = offload
+    def __init__(self) -> None:
         self.done = False
         self.ok = False
         self.value: Any = None
@@ -131,7 +110,7 @@ class Request:
         self.hub: Any = None
 
     def set(self, ok: bool, value: Any) -> None:
-        """Record the outcome (in the writer's thread) and wake the waiting caller."""
+        """Record the outcome (in the waiter's thread) and wake the waiting greenlet."""
         self.ok = ok
         self.value = value
         self.done = True
@@ -154,6 +133,31 @@ class Request:
         if self.ok:
             return self.value
         raise self.value
+
+
+class Request(Pending):
+    """One queued write and, once it ran, its outcome (``get()`` waits for it)."""
+
+    __slots__ = ("args", "deadline", "exclusive", "fn", "offload")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        deadline: float,
+        exclusive: bool,
+        offload: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.deadline = deadline
+        self.exclusive = exclusive
+        self.offload = offload
+        self.done = False
+        self.ok = False
+        self.value = None
+        self.waiter = None
+        self.hub = None
 
 
 #: What :meth:`Writer.run_alone` returns when it did not run the write (and what a
