@@ -611,74 +611,151 @@ def test_slots_that_finish_together_record_and_claim_in_one_transaction(
     assert worker.active == 0 and db.stats("q").done == 16
 
 
-def test_a_round_the_database_refuses_is_retried_whole(
-    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_round_that_meets_a_lock_is_retried_whole(
+    db_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The transaction of a round of four outcomes fails (the disk full, say): the worker
-    says so and retries the whole round; once the database accepts it, all four are
-    recorded and the slots go on to the next jobs."""
-    from workmatic import _driver, _sql
+    """Four outcomes finish together while another process holds the write lock for longer
+    than lock_timeout: the worker says so and retries the round as a whole; once the lock
+    is free, all four are recorded and the slots go on to the next jobs."""
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    with workmatic.create_database(db_path, lock_timeout=0.2) as db:
+        client = workmatic.create_client(db, "q")
+        ids = [client.add({"n": n}) for n in range(8)]
+        gate = gevent.event.Event()
 
+        def handler(job: workmatic.Job) -> int:
+            gate.wait()
+            return int(job.payload["n"])
+
+        worker = make(db, handler, concurrency=4, poll_interval=60)
+        worker.start()
+        wait_for(lambda: worker.active == 4)
+        with LockHolder(db_path):
+            gate.set()
+            wait_for(
+                lambda: any("and 3 more (" in r.getMessage() for r in caplog.records), timeout=30
+            )
+            assert db.stats("q").done == 0
+        wait_for(lambda: worker.processed == 8, timeout=30)
+        worker.stop()
+        assert [job_of(db, job_id).result for job_id in ids] == list(range(8))
+        assert not any("on its own" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_with_timeout_gives_up_a_round_held_up_by_a_lock(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round of three outcomes cannot be recorded while another process holds the lock:
+    once stop()'s timeout has passed the leader gives up, every slot of the round ends
+    (none is left waiting for its next job), and the three jobs stay claimed until their
+    leases expire."""
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    with workmatic.create_database(db_path, lock_timeout=0.2) as db:
+        client = workmatic.create_client(db, "q")
+        ids = [client.add({"n": n}) for n in range(3)]
+        gate = gevent.event.Event()
+        worker = make(db, lambda job: gate.wait(), concurrency=3, poll_interval=60)
+        worker.start()
+        wait_for(lambda: worker.active == 3)
+        with LockHolder(db_path):
+            gate.set()
+            wait_for(
+                lambda: any("and 2 more (" in r.getMessage() for r in caplog.records), timeout=30
+            )
+            worker.stop(timeout=0.2)
+            assert worker.active == 0 and not worker.is_running and len(worker._pool) == 0
+        given_up = [r.getMessage() for r in caplog.records if "was not recorded" in r.getMessage()]
+        assert len(given_up) == 3
+        assert [job_of(db, job_id).status for job_id in ids] == ["running"] * 3
+        assert all(job_of(db, job_id).attempts == 0 for job_id in ids)
+
+
+def test_an_outcome_the_database_refuses_holds_up_no_other(
+    db: workmatic.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of four outcomes that finish together is refused by the database (here a
+    trigger; a result over SQLite's size limit would be another): the round fails, each
+    slot records its own job, the other three are recorded and the worker goes on; only
+    the refused job's slot keeps retrying it."""
     caplog.set_level(logging.WARNING, logger="workmatic")
     client = workmatic.create_client(db, "q")
     ids = [client.add({"n": n}) for n in range(8)]
+    edit(
+        db,
+        "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs"
+        " WHEN NEW.result = '\"refuse me\"' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
     gate = gevent.event.Event()
-    failures = [3]
-    finish_many = _sql.finish_many
 
-    def flaky(conn: Any, outcomes: Any) -> Any:
-        if failures[0] > 0 and len(outcomes) == 4:
-            failures[0] -= 1
-            raise _driver.sqlite.OperationalError("database or disk is full")
-        return finish_many(conn, outcomes)
-
-    monkeypatch.setattr(_sql, "finish_many", flaky)
-
-    def handler(job: workmatic.Job) -> int:
+    def handler(job: workmatic.Job) -> Any:
         gate.wait()
-        return int(job.payload["n"])
+        return "refuse me" if job.payload["n"] == 1 else job.payload["n"]
 
-    worker = make(db, handler, concurrency=4, poll_interval=60)
+    worker = make(db, handler, concurrency=4, poll_interval=0.05)
     worker.start()
     wait_for(lambda: worker.active == 4)
     gate.set()
-    wait_for(lambda: worker.processed == 8, timeout=30)
-    worker.stop()
-    assert failures == [0]
-    retries = [r.getMessage() for r in caplog.records if "cannot record job" in r.getMessage()]
-    assert len(retries) == 3 and all("and 3 more" in message for message in retries)
-    assert [job_of(db, job_id).result for job_id in ids] == list(range(8))
-    assert db.stats("q").done == 8
-
-
-def test_stop_with_timeout_gives_up_a_round_while_the_database_fails(
-    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A round of three outcomes cannot be recorded: once stop()'s timeout has passed the
-    leader gives up, every slot of the round ends (none is left waiting for its next job),
-    and the three jobs stay claimed until their leases expire."""
-    from workmatic import _driver, _sql
-
-    caplog.set_level(logging.WARNING, logger="workmatic")
-    client = workmatic.create_client(db, "q")
-    ids = [client.add({"n": n}) for n in range(3)]
-    gate = gevent.event.Event()
-
-    def disk_full(*args: Any) -> Any:
-        raise _driver.sqlite.OperationalError("database or disk is full")
-
-    worker = make(db, lambda job: gate.wait(), concurrency=3, poll_interval=60)
-    worker.start()
-    wait_for(lambda: worker.active == 3)
-    monkeypatch.setattr(_sql, "finish_many", disk_full)
-    gate.set()
-    wait_for(lambda: any("and 2 more" in r.getMessage() for r in caplog.records))
+    wait_for(lambda: worker.processed == 7, timeout=30)
+    assert any("on its own" in r.getMessage() for r in caplog.records)
+    assert job_of(db, ids[1]).status == "running"
+    assert [job_of(db, ids[n]).result for n in (0, 2, 3, 4, 5, 6, 7)] == [0, 2, 3, 4, 5, 6, 7]
     worker.stop(timeout=0.2)
-    assert worker.active == 0 and not worker.is_running and len(worker._pool) == 0
-    given_up = [r.getMessage() for r in caplog.records if "was not recorded" in r.getMessage()]
-    assert len(given_up) == 3
-    assert [job_of(db, job_id).status for job_id in ids] == ["running"] * 3
-    assert all(job_of(db, job_id).attempts == 0 for job_id in ids)
+    assert worker.active == 0 and len(worker._pool) == 0
+
+
+def test_a_payload_nested_too_deeply_to_decode_fails_its_job_alone(
+    memdb: workmatic.Database,
+) -> None:
+    """A stored payload nested deeper than Python decodes (add() accepts up to about the
+    interpreter's recursion limit; decoding takes more) fails its job ("not valid JSON
+    (or nested too deeply)") instead of failing the claim of every job claimed with it."""
+    client = workmatic.create_client(memdb, "q")
+    bad = client.add([])
+    edit_job(memdb, bad, "payload = '" + "[" * 5000 + "]" * 5000 + "'")  # valid JSON
+    good = [client.add({"n": n}) for n in range(6)]
+    worker = make(memdb, lambda job: job.payload["n"], concurrency=4)
+    worker.start()
+    wait_for(lambda: memdb.stats("q").done == 6 and memdb.stats("q").failed == 1)
+    worker.stop()
+    assert "nested too deeply" in (job_of(memdb, bad).last_error or "")
+    assert [job_of(memdb, job_id).result for job_id in good] == list(range(6))
+    assert worker.active == 0
+
+
+@pytest.mark.parametrize("stray", ["leader", "joined"])
+def test_a_slot_ended_by_a_stray_exception_mid_round_loses_no_job(db_path: str, stray: str) -> None:
+    """A handler starts a gevent.Timeout and never cancels it (an application's bug): it
+    fires while its slot waits in a round, the round's leader or a slot that joined it,
+    held up by another process's lock. No other slot is left waiting, no job is left
+    claimed and renewed with nobody running it: the job claimed for the ended slot runs
+    again once its lease expires, and every job is done."""
+    with workmatic.create_database(db_path, lock_timeout=30) as db:
+        client = workmatic.create_client(db, "q")
+        ids = [client.add({"n": n}) for n in range(8)]
+        gates = {0: gevent.event.Event(), 1: gevent.event.Event()}
+        strayed = 0 if stray == "leader" else 1
+
+        def handler(job: workmatic.Job) -> int:
+            n = int(job.payload["n"])
+            if n in gates:
+                gates[n].wait()
+                if n == strayed:
+                    gevent.Timeout(0.3).start()  # never cancelled: fires in the round
+            return n
+
+        worker = make(db, handler, concurrency=2, poll_interval=0.05, lease=1)
+        worker.start()
+        wait_for(lambda: worker.active == 2)
+        with LockHolder(db_path):
+            gates[0].set()  # slot 0 leads a round, which waits for the lock
+            wait_for(lambda: worker._round is not None)
+            gates[1].set()  # slot 1 joins it
+            wait_for(lambda: len(worker._pool) < 2)  # the stray timeout ended a slot
+        wait_for(lambda: db.stats("q").done == 8, timeout=30)
+        worker.stop(timeout=5)
+        assert worker.active == 0 and len(worker._pool) == 0
+        assert [job_of(db, job_id).result for job_id in ids] == list(range(8))
+        assert db.stats("q").running == 0
 
 
 def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(

@@ -246,7 +246,8 @@ del Job.updated_at, Job.lease_until, Job.key
 
 
 class BrokenPayload(str):
-    """The raw text of a stored payload that is not valid JSON."""
+    """The raw text of a stored payload that is not valid JSON (or is nested too deeply
+    for Python to decode)."""
 
 
 #: The C scanner behind ``json.loads``, called directly: ``loads`` adds ~2 µs of checks
@@ -261,8 +262,8 @@ def decode_json(text: object) -> Any:
     if type(text) is str:
         try:
             value, end = _scan_json(text, 0)
-        except (StopIteration, ValueError):
-            pass  # leading whitespace, a BOM, or not JSON: json.loads decides below
+        except (StopIteration, ValueError, RecursionError):
+            pass  # leading whitespace, a BOM, not JSON, too deep: json.loads decides below
         else:
             if end == len(text):
                 return value
@@ -270,5 +271,5 @@ def decode_json(text: object) -> Any:
         text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python decodes
         return BrokenPayload(text)

@@ -42,6 +42,7 @@ from .database import Database, claimed_job
 from .exceptions import (
     DatabaseClosedError,
     DatabaseError,
+    DatabaseLockedError,
     PermanentError,
     ValidationError,
     WorkmaticError,
@@ -79,16 +80,24 @@ class _Running:
         self.greenlet: gevent.Greenlet | None = None
 
 
+#: What a slot that joined a round is handed when the round's transaction failed as a
+#: whole (not for a lock): it records its own job in a write of its own, so that one
+#: outcome the database refuses fails no other (as the writer runs each request of a
+#: failed batch again alone).
+_ALONE: Any = object()
+
+
 class _Turn:
     """A slot that joined a round: its finished job (the claim and its outcome) and its
     wait for its next job, which the round's leader hands over."""
 
-    __slots__ = ("next", "outcome", "running")
+    __slots__ = ("gone", "next", "outcome", "running")
 
     def __init__(self, running: _Running, outcome: _sql.Outcome) -> None:
         self.running = running
         self.outcome = outcome
         self.next = Pending()
+        self.gone = False  # the slot ended while it waited: track no job for it
 
 
 class _Round:
@@ -132,10 +141,7 @@ class _RoundWrite(Request):
 
     def set(self, ok: bool, value: Any) -> None:
         if ok:
-            try:
-                self.worker._hand_out(self.round, value)
-            except Exception:  # a bug: the leader's finally frees the slots
-                log.exception("worker %s: handing out the next jobs failed", self.worker.id)
+            self.worker._hand_out(self.round, value)
         super().set(ok, value)
 
 
@@ -414,6 +420,11 @@ class Worker:
                     outcome = self._execute(running)
                 running = self._finish(running, outcome)
         finally:
+            if running is not None:
+                # Ended by an exception (a stray timeout, say): its job is tracked no more,
+                # never renewed; unless its outcome was written, it runs again once its
+                # lease expires.
+                self._running.pop(running.rowid, None)
             self._wake.set()
 
     def _outcome(self, kind: str, running: _Running, *data: Any) -> _sql.Outcome:
@@ -425,7 +436,9 @@ class Worker:
         job = running.job
         try:
             if isinstance(job.payload, BrokenPayload):
-                return self._outcome("failed", running, "payload is not valid JSON")
+                return self._outcome(
+                    "failed", running, "payload is not valid JSON (or nested too deeply)"
+                )
             if self.schema is not None:
                 try:
                     job = dataclasses.replace(job, payload=self.schema.load(job.payload))
@@ -502,20 +515,10 @@ class Worker:
         next job (one request to the writer a round, not one a job)."""
         running.finishing = True  # the renewer leaves it alone from now on
         if self.concurrency == 1:
-            now = outcome[3]  # taken as the handler returned
-            want = 0 if (self._stopping or self._paused) else 1
-            args = (outcome, self.queue, want, now, now + self._lease_ms)
-            value = self._record(_sql.finish_and_claim, args, running)
-            if value is NOT_RUN:  # given up (logged): the job stays claimed
-                self._running.pop(running.rowid, None)
-                return None
-            held, rows = value
-            return self._settle(running, outcome[0], held, rows[0] if rows else None)
+            return self._finish_alone(running, outcome)
         round_ = self._round
         if round_ is not None and round_.open:
-            turn = _Turn(running, outcome)
-            round_.joined.append(turn)
-            return _wait_shielded(turn.next)  # type: ignore[no-any-return]
+            return self._join(round_, running, outcome)
         round_ = self._round = _Round(running, outcome)
         try:
             results = self._record(_record_round, (self, round_), round_)
@@ -523,21 +526,57 @@ class Worker:
                 for job in round_.jobs():
                     self._running.pop(job.rowid, None)
                 return None
+            if results is _ALONE:  # the round failed whole: each slot records its own job
+                round_.handed_out = True
+                for turn in round_.joined:
+                    turn.next.set(True, _ALONE)
+                return self._finish_alone(running, outcome)
             self._hand_out(round_, results)  # if it ran alone (else _RoundWrite did)
             held, rows = results
             return self._settle(running, outcome[0], held[0], rows[0] if rows else None)
         finally:
-            # Whatever happened (a bug, this greenlet killed), no slot of the round is left
-            # waiting: those not handed a job yet get none. Should the write still commit
-            # (it was queued), the jobs it claims are left untracked, never renewed: they
-            # run again once their leases expire.
+            # Whatever happened (this greenlet killed, say), no slot joins the round from
+            # now on and none of it is left waiting: those not handed a job yet get none.
+            # Should the write still commit (it was queued), the jobs it claims are left
+            # untracked, never renewed: they run again once their leases expire.
+            round_.close(self)
             if not round_.handed_out:
                 round_.handed_out = True
                 self._release_slots(round_)
 
+    def _join(self, round_: _Round, running: _Running, outcome: _sql.Outcome) -> _Running | None:
+        """Join an open round and wait for the leader to hand over this slot's next job."""
+        turn = _Turn(running, outcome)
+        round_.joined.append(turn)
+        try:
+            following = _wait_shielded(turn.next)
+        except BaseException:
+            # This slot ends (killed while waiting): a job claimed for it is not tracked,
+            # so it is never renewed, and runs again once its lease expires.
+            turn.gone = True
+            if isinstance(turn.next.value, _Running):
+                self._running.pop(turn.next.value.rowid, None)
+            raise
+        if following is _ALONE:
+            return self._finish_alone(running, outcome)
+        return following  # type: ignore[no-any-return]
+
+    def _finish_alone(self, running: _Running, outcome: _sql.Outcome) -> _Running | None:
+        """Record one outcome and claim this slot's next job in a write of its own."""
+        now = outcome[3]  # taken as the handler returned
+        want = 0 if (self._stopping or self._paused) else 1
+        args = (outcome, self.queue, want, now, now + self._lease_ms)
+        value = self._record(_sql.finish_and_claim, args, running)
+        if value is NOT_RUN:  # given up (logged): the job stays claimed
+            self._running.pop(running.rowid, None)
+            return None
+        held, rows = value
+        return self._settle(running, outcome[0], held, rows[0] if rows else None)
+
     def _hand_out(self, round_: _Round, results: tuple[list[bool], list[tuple[Any, ...]]]) -> None:
         """Settle the jobs of the slots that joined a recorded round and wake each slot
-        with its next job (once: not after the leader gave up on them)."""
+        with its next job (once: not after the leader gave up on them). It never raises:
+        on a bug, the slots not handed a job yet get none."""
         if round_.handed_out:
             return
         round_.handed_out = True
@@ -545,11 +584,11 @@ class Worker:
         claimed = len(rows)
         try:
             for index, turn in enumerate(round_.joined, 1):
-                row = rows[index] if index < claimed else None
+                row = rows[index] if index < claimed and not turn.gone else None
                 turn.next.set(True, self._settle(turn.running, turn.outcome[0], held[index], row))
-        except BaseException:  # a bug: no slot is left waiting
+        except Exception:
+            log.exception("worker %s: handing out the next jobs of a round failed", self.id)
             self._release_slots(round_)
-            raise
 
     def _release_slots(self, round_: _Round) -> None:
         """Wake the slots that joined a round and were not handed a job yet, with none."""
@@ -562,7 +601,9 @@ class Worker:
         """Run a write that records outcomes, retrying while the database fails; return
         its value, or NOT_RUN once it gave up (the database closed, or stop()'s timeout
         passed): then the jobs (``jobs``: a claim, or a round) stay claimed until their
-        leases expire, and run again (counting an attempt) wherever a worker runs."""
+        leases expire, and run again (counting an attempt) wherever a worker runs. A round
+        of several jobs is retried whole only while another connection holds the lock;
+        on any other error it returns _ALONE (each slot then records its own job)."""
         delay = 0.05
         gather = isinstance(jobs, _Round)
         while True:
@@ -600,6 +641,16 @@ class Worker:
                             self.id, job.job.id, why,
                         )  # fmt: skip
                     return NOT_RUN
+                if len(claims) > 1 and not isinstance(exc, DatabaseLockedError):
+                    # Not a lock to wait out: perhaps one outcome the database refuses (a
+                    # trigger, a result too big). It must not hold up the others.
+                    jobs.close(self)
+                    log.warning(
+                        "worker %s: cannot record job %s and %d more together (%s); recording"
+                        " each on its own",
+                        self.id, claims[0].job.id, len(claims) - 1, exc,
+                    )  # fmt: skip
+                    return _ALONE
                 more = f" and {len(claims) - 1} more" if len(claims) > 1 else ""
                 log.warning(
                     "worker %s: cannot record job %s%s (%s); retrying",
