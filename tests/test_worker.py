@@ -758,6 +758,99 @@ def test_a_slot_ended_by_a_stray_exception_mid_round_loses_no_job(db_path: str, 
         assert db.stats("q").running == 0
 
 
+def test_a_job_claimed_again_in_its_own_round_stays_tracked(memdb: workmatic.Database) -> None:
+    """A job that fails with a retry at once is claimed again in the same round, for the
+    other slot (a higher-priority job goes to its own slot first). Settling the old claim
+    must not untrack the new one: the job's lease is renewed while it runs, and it runs
+    twice in all, one run after the other."""
+    client = workmatic.create_client(memdb, "q")
+    client.add({"n": "K"})
+    retried = client.add({"n": "J"})
+    gates = {"J": gevent.event.Event(), "K": gevent.event.Event()}
+    second = gevent.event.Event()
+    runs: dict[str, int] = {}
+    live: dict[str, int] = {}
+    overlapped: list[str] = []
+
+    def handler(job: workmatic.Job) -> str:
+        n = job.payload["n"]
+        runs[n] = runs.get(n, 0) + 1
+        if n in gates and runs[n] == 1:
+            gates[n].wait()
+            if n == "J":
+                raise RuntimeError("the first attempt fails; retried at once")
+            return str(n)
+        if live.get(n):
+            overlapped.append(n)
+        live[n] = live.get(n, 0) + 1
+        try:
+            if n == "J":
+                second.set()
+                gevent.sleep(1.5)  # three leases of 0.5 s
+            return str(n)
+        finally:
+            live[n] -= 1
+
+    worker = make(memdb, handler, concurrency=2, poll_interval=0.05, lease=0.5)
+    worker.backoff = lambda attempts: 0
+    worker.start()
+    wait_for(lambda: worker.active == 2)
+    client.add({"n": "X"}, priority=-5)  # the round claims X first, then J
+    gates["J"].set()
+    gates["K"].set()
+    assert second.wait(10)
+    rowid = int(retried[:12], 16)
+    assert rowid in worker._running and worker.active == 2
+    wait_for(lambda: memdb.stats("q").done == 3, timeout=30)
+    worker.stop()
+    assert runs["J"] == 2 and not overlapped
+    assert (job_of(memdb, retried).status, job_of(memdb, retried).attempts) == ("done", 1)
+
+
+def test_a_slot_that_records_its_job_alone_after_a_round_claims_with_a_live_lease(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round waits for another process's lock, then fails (one outcome refused): each
+    slot records its own job. The next job each claims then gets a lease counted from
+    the claim, not from when its handler returned (by then longer ago than the lease)."""
+    from workmatic import _sql
+
+    claims: list[tuple[int, int]] = []
+    claim = _sql.claim
+
+    def spy(conn: Any, queue: str, limit: int, now: int, lease_until: int, **kw: Any) -> Any:
+        claims.append((lease_until, int(time.time() * 1000)))
+        return claim(conn, queue, limit, now, lease_until, **kw)
+
+    with workmatic.create_database(db_path, lock_timeout=30) as db:
+        client = workmatic.create_client(db, "q")
+        for n in range(6):
+            client.add({"n": n})
+        edit(
+            db,
+            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs"
+            " WHEN NEW.result = '\"refuse me\"' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        gate = gevent.event.Event()
+
+        def handler(job: workmatic.Job) -> Any:
+            gate.wait()
+            return "refuse me" if job.payload["n"] == 1 else job.payload["n"]
+
+        worker = make(db, handler, concurrency=3, poll_interval=60, lease=0.5)
+        worker.start()
+        wait_for(lambda: worker.active == 3)
+        monkeypatch.setattr(_sql, "claim", spy)
+        with LockHolder(db_path):
+            gate.set()
+            wait_for(lambda: worker._round is not None and len(worker._round.joined) == 2)
+            gevent.sleep(1.0)  # the round waits for the lock: its handlers returned 1 s ago
+        wait_for(lambda: worker.processed >= 4, timeout=30)
+        worker.stop(timeout=0.2)
+    assert claims
+    assert all(lease_until > at for lease_until, at in claims), claims
+
+
 def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
     memdb: workmatic.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

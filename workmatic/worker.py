@@ -404,6 +404,13 @@ class Worker:
         self._running[running.rowid] = running
         return running
 
+    def _untrack(self, running: _Running) -> None:
+        """Stop tracking a claim, and only that claim: its job may have been claimed again
+        already (a retry without delay, or a release, in the same round), for another
+        slot, under the same rowid."""
+        if self._running.get(running.rowid) is running:
+            del self._running[running.rowid]
+
     def _launch(self, row: tuple[Any, ...]) -> None:
         running = self._claimed(row)
         running.greenlet = self._pool.spawn(self._slot, running)
@@ -424,7 +431,7 @@ class Worker:
                 # Ended by an exception (a stray timeout, say): its job is tracked no more,
                 # never renewed; unless its outcome was written, it runs again once its
                 # lease expires.
-                self._running.pop(running.rowid, None)
+                self._untrack(running)
             self._wake.set()
 
     def _outcome(self, kind: str, running: _Running, *data: Any) -> _sql.Outcome:
@@ -524,7 +531,7 @@ class Worker:
             results = self._record(_record_round, (self, round_), round_)
             if results is NOT_RUN:  # given up (logged): the jobs stay claimed
                 for job in round_.jobs():
-                    self._running.pop(job.rowid, None)
+                    self._untrack(job)
                 return None
             if results is _ALONE:  # the round failed whole: each slot records its own job
                 round_.handed_out = True
@@ -555,7 +562,7 @@ class Worker:
             # so it is never renewed, and runs again once its lease expires.
             turn.gone = True
             if isinstance(turn.next.value, _Running):
-                self._running.pop(turn.next.value.rowid, None)
+                self._untrack(turn.next.value)
             raise
         if following is _ALONE:
             return self._finish_alone(running, outcome)
@@ -563,12 +570,12 @@ class Worker:
 
     def _finish_alone(self, running: _Running, outcome: _sql.Outcome) -> _Running | None:
         """Record one outcome and claim this slot's next job in a write of its own."""
-        now = outcome[3]  # taken as the handler returned
+        now = now_ms()  # not the outcome's: after a round failed, that may be long past
         want = 0 if (self._stopping or self._paused) else 1
         args = (outcome, self.queue, want, now, now + self._lease_ms)
         value = self._record(_sql.finish_and_claim, args, running)
         if value is NOT_RUN:  # given up (logged): the job stays claimed
-            self._running.pop(running.rowid, None)
+            self._untrack(running)
             return None
         held, rows = value
         return self._settle(running, outcome[0], held, rows[0] if rows else None)
@@ -594,7 +601,7 @@ class Worker:
         """Wake the slots that joined a round and were not handed a job yet, with none."""
         for turn in round_.joined:
             if not turn.next.done:
-                self._running.pop(turn.running.rowid, None)
+                self._untrack(turn.running)
                 turn.next.set(True, None)
 
     def _record(self, fn: Callable[..., Any], args: tuple[Any, ...], jobs: Any) -> Any:
@@ -668,7 +675,7 @@ class Worker:
     ) -> _Running | None:
         """After a job's outcome was written: stop tracking it, and track the next job
         claimed for its slot (``row``; returned, None if none was)."""
-        self._running.pop(running.rowid, None)
+        self._untrack(running)
         if not held:
             log.warning(
                 "worker %s: job %s was no longer held by this worker (lease lost); its %s"
