@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import pickle
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -670,16 +671,12 @@ def test_stop_with_timeout_gives_up_a_round_held_up_by_a_lock(
         assert all(job_of(db, job_id).attempts == 0 for job_id in ids)
 
 
-def test_an_outcome_the_database_refuses_holds_up_no_other(
-    db: workmatic.Database, caplog: pytest.LogCaptureFixture
-) -> None:
-    """One of four outcomes that finish together is refused by the database (here a
-    trigger; a result over SQLite's size limit would be another): the round fails, each
-    slot records its own job, the other three are recorded and the worker goes on; only
-    the refused job's slot keeps retrying it."""
-    caplog.set_level(logging.WARNING, logger="workmatic")
-    client = workmatic.create_client(db, "q")
-    ids = [client.add({"n": n}) for n in range(8)]
+def refusing_job_1(
+    db: workmatic.Database,
+) -> tuple[gevent.event.Event, Callable[[workmatic.Job], Any]]:
+    """A trigger by which the database refuses to record the result "refuse me", and a
+    handler that waits for the gate returned, then returns its job's ``n`` (that result
+    for ``n == 1``)."""
     edit(
         db,
         "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs"
@@ -691,6 +688,20 @@ def test_an_outcome_the_database_refuses_holds_up_no_other(
         gate.wait()
         return "refuse me" if job.payload["n"] == 1 else job.payload["n"]
 
+    return gate, handler
+
+
+def test_an_outcome_the_database_refuses_holds_up_no_other(
+    db: workmatic.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of four outcomes that finish together is refused by the database (here a
+    trigger; a result over SQLite's size limit would be another): the round fails, each
+    slot records its own job, the other three are recorded and the worker goes on; only
+    the refused job's slot keeps retrying it."""
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    client = workmatic.create_client(db, "q")
+    ids = [client.add({"n": n}) for n in range(8)]
+    gate, handler = refusing_job_1(db)
     worker = make(db, handler, concurrency=4, poll_interval=0.05)
     worker.start()
     wait_for(lambda: worker.active == 4)
@@ -826,17 +837,7 @@ def test_a_slot_that_records_its_job_alone_after_a_round_claims_with_a_live_leas
         client = workmatic.create_client(db, "q")
         for n in range(6):
             client.add({"n": n})
-        edit(
-            db,
-            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs"
-            " WHEN NEW.result = '\"refuse me\"' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        gate = gevent.event.Event()
-
-        def handler(job: workmatic.Job) -> Any:
-            gate.wait()
-            return "refuse me" if job.payload["n"] == 1 else job.payload["n"]
-
+        gate, handler = refusing_job_1(db)
         worker = make(db, handler, concurrency=3, poll_interval=60, lease=0.5)
         worker.start()
         wait_for(lambda: worker.active == 3)
