@@ -87,16 +87,17 @@ class _Running:
 _ALONE: Any = object()
 
 
-class _Turn:
-    """A slot that joined a round: its finished job (the claim and its outcome) and its
-    wait for its next job, which the round's leader hands over."""
+class _Turn(Pending):
+    """A slot that joined a round: its finished job (the claim and its outcome), and its
+    wait for its next job, which the round's leader hands over (``set()``; the slot waits
+    in ``get()``). One object a job: a Pending of its own cost ~0.2 µs more."""
 
-    __slots__ = ("gone", "next", "outcome", "running")
+    __slots__ = ("gone", "outcome", "running")
 
     def __init__(self, running: _Running, outcome: _sql.Outcome) -> None:
+        Pending.__init__(self)
         self.running = running
         self.outcome = outcome
-        self.next = Pending()
         self.gone = False  # the slot ended while it waited: track no job for it
 
 
@@ -471,15 +472,18 @@ class Worker:
                 running.in_handler = False
                 if timer is not None:
                     timer.close()
-            try:
-                text = dump_result(result)
-            except ValidationError as exc:
-                return self._outcome(
-                    "failed",
-                    running,
-                    f"result is not JSON-serialisable: {exc.messages['result'][0]}",
-                )
-            return self._outcome("done", running, text)
+            text = None
+            if result is not None:
+                try:
+                    text = dump_result(result)
+                except ValidationError as exc:
+                    return self._outcome(
+                        "failed",
+                        running,
+                        f"result is not JSON-serialisable: {exc.messages['result'][0]}",
+                    )
+            # self._outcome("done", running, text), inlined: this runs for every job.
+            return ("done", running.rowid, running.token, now_ms(), self.queue, text)
         except _StopRequested:
             return self._outcome("release", running)
         except gevent.GreenletExit:
@@ -536,7 +540,7 @@ class Worker:
             if results is _ALONE:  # the round failed whole: each slot records its own job
                 round_.handed_out = True
                 for turn in round_.joined:
-                    turn.next.set(True, _ALONE)
+                    turn.set(True, _ALONE)
                 return self._finish_alone(running, outcome)
             self._hand_out(round_, results)  # if it ran alone (else _RoundWrite did)
             held, rows = results
@@ -556,13 +560,18 @@ class Worker:
         turn = _Turn(running, outcome)
         round_.joined.append(turn)
         try:
-            following = _wait_shielded(turn.next)
+            while True:  # _wait_shielded(turn), inlined: this runs for most jobs
+                try:
+                    following = turn.get()
+                    break
+                except _StopRequested:
+                    continue
         except BaseException:
             # This slot ends (killed while waiting): a job claimed for it is not tracked,
             # so it is never renewed, and runs again once its lease expires.
             turn.gone = True
-            if isinstance(turn.next.value, _Running):
-                self._untrack(turn.next.value)
+            if isinstance(turn.value, _Running):
+                self._untrack(turn.value)
             raise
         if following is _ALONE:
             return self._finish_alone(running, outcome)
@@ -589,10 +598,22 @@ class Worker:
         round_.handed_out = True
         held, rows = results
         claimed = len(rows)
+        tracked = self._running
         try:
+            # _settle() for each slot, inlined (this runs for every job of a round).
             for index, turn in enumerate(round_.joined, 1):
-                row = rows[index] if index < claimed and not turn.gone else None
-                turn.next.set(True, self._settle(turn.running, turn.outcome[0], held[index], row))
+                running = turn.running
+                if tracked.get(running.rowid) is running:
+                    del tracked[running.rowid]
+                if not held[index]:
+                    self._lost_outcome(running, turn.outcome[0])
+                elif turn.outcome[0] == "done":
+                    self.processed += 1
+                following = None
+                if index < claimed and not turn.gone:
+                    row = rows[index]
+                    following = tracked[row[0]] = _Running(claimed_job(row), row[0], row[15])
+                turn.set(True, following)
         except Exception:
             log.exception("worker %s: handing out the next jobs of a round failed", self.id)
             self._release_slots(round_)
@@ -600,9 +621,9 @@ class Worker:
     def _release_slots(self, round_: _Round) -> None:
         """Wake the slots that joined a round and were not handed a job yet, with none."""
         for turn in round_.joined:
-            if not turn.next.done:
+            if not turn.done:
                 self._untrack(turn.running)
-                turn.next.set(True, None)
+                turn.set(True, None)
 
     def _record(self, fn: Callable[..., Any], args: tuple[Any, ...], jobs: Any) -> Any:
         """Run a write that records outcomes, retrying while the database fails; return
@@ -677,14 +698,17 @@ class Worker:
         claimed for its slot (``row``; returned, None if none was)."""
         self._untrack(running)
         if not held:
-            log.warning(
-                "worker %s: job %s was no longer held by this worker (lease lost); its %s"
-                " outcome was not recorded",
-                self.id, running.job.id, kind,
-            )  # fmt: skip
+            self._lost_outcome(running, kind)
         elif kind == "done":
             self.processed += 1
         return None if row is None else self._claimed(row)
+
+    def _lost_outcome(self, running: _Running, kind: str) -> None:
+        log.warning(
+            "worker %s: job %s was no longer held by this worker (lease lost); its %s outcome"
+            " was not recorded",
+            self.id, running.job.id, kind,
+        )  # fmt: skip
 
     # --- leases ----------------------------------------------------------------------------
 
