@@ -419,9 +419,10 @@ class Worker:
     # --- a slot ----------------------------------------------------------------------------
 
     def _slot(self, running: _Running | None) -> None:
+        current = gevent.getcurrent()
         try:
             while running is not None:
-                running.greenlet = gevent.getcurrent()
+                running.greenlet = current
                 if self._stopping or self._paused:
                     outcome = self._outcome("release", running)
                 else:
