@@ -11,6 +11,7 @@ from helpers import edit_job, wait_for
 
 import workmatic
 from workmatic import _sql
+from workmatic._sql import adding, counts
 
 
 def truth(db: workmatic.Database) -> dict[tuple[str, str], int]:
@@ -31,8 +32,10 @@ def fold_every(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Set how many adds a connection folds after, counting from now."""
 
     def setter(n: int) -> None:
-        monkeypatch.setattr(_sql, "FOLD_EVERY", n)
-        monkeypatch.setattr(_sql, "_unfolded", {})  # no count left by an earlier test
+        for module in (counts, adding):  # the modules that read it
+            monkeypatch.setattr(module, "FOLD_EVERY", n)
+        for key in list(counts._unfolded):  # no count left by an earlier test (restored after)
+            monkeypatch.delitem(counts._unfolded, key)
 
     return setter
 

@@ -331,7 +331,7 @@ def test_a_large_batchs_ids_are_formatted_in_slices_that_release_the_gil(
     """A large add_many runs in a real thread: it formats its ids in slices and releases
     the GIL between them, so the hub's thread never waits for a whole batch's worth."""
     releases: list[float] = []
-    monkeypatch.setattr(_sql, "_release_gil", releases.append)
+    monkeypatch.setattr(_sql.adding, "_release_gil", releases.append)  # read by _format_ids
     nonces = [random.getrandbits(48) for _ in range(20_000)]
     ids = _sql._format_ids(7, nonces)
     assert ids == [_sql.format_id(7 + i, nonce) for i, nonce in enumerate(nonces)]

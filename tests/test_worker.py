@@ -825,6 +825,7 @@ def test_a_slot_that_records_its_job_alone_after_a_round_claims_with_a_live_leas
     slot records its own job. The next job each claims then gets a lease counted from
     the claim, not from when its handler returned (by then longer ago than the lease)."""
     from workmatic import _sql
+    from workmatic._sql import claiming
 
     claims: list[tuple[int, int]] = []
     claim = _sql.claim
@@ -841,7 +842,10 @@ def test_a_slot_that_records_its_job_alone_after_a_round_claims_with_a_live_leas
         worker = make(db, handler, concurrency=3, poll_interval=60, lease=0.5)
         worker.start()
         wait_for(lambda: worker.active == 3)
+        # Every claim: a round's (the worker calls _sql.claim) and a slot's own (in
+        # finish_and_claim, which calls the claim of its module).
         monkeypatch.setattr(_sql, "claim", spy)
+        monkeypatch.setattr(claiming, "claim", spy)
         with LockHolder(db_path):
             gate.set()
             wait_for(lambda: worker._round is not None and len(worker._round.joined) == 2)
