@@ -12,6 +12,9 @@ busy database is retried with ``gevent.sleep`` backoff until ``lock_timeout``. L
 transactions (``add_many`` of thousands of jobs, imports, purges) and heavy reads (counts
 over the whole table) run whole in a real thread of gevent's thread pool, so the hub keeps
 serving other greenlets meanwhile.
+
+What the databases of a process share (the fork hooks, the file guards) is in
+``_process.py``; jobs are built from rows in ``_rows.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import gevent
@@ -30,7 +32,10 @@ import gevent.monkey
 import gevent.threadpool
 
 from . import _driver, _sql
-from ._writer import NOT_RUN, Conn, Request, Writer, _allocate_lock, get_ident, real_sleep
+from ._process import _close_held, _file_guards, _forks, _open_databases
+from ._rows import claimed_job as claimed_job  # re-exported (the worker imports it here)
+from ._rows import row_to_job as row_to_job  # re-exported
+from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
 from .exceptions import (
     DatabaseClosedError,
     DatabaseError,
@@ -42,16 +47,12 @@ from .exceptions import (
     ValidationError,
 )
 from .job import (
-    DEFERRED_FIELDS,
     ORIGINAL_COLUMNS,
     STATUSES,
     ImportResult,
     Job,
     JobStats,
     QueueInfo,
-    decode_deferred,
-    decode_json,
-    ms_to_datetime,
     now_ms,
 )
 from .job import (
@@ -93,190 +94,6 @@ AUTOCHECKPOINT_PAGES = 100_000
 ADOPTED_AUTOCHECKPOINT_PAGES = 10_000
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
-
-#: Bumped in a child process after fork(): cheaper to compare than calling os.getpid().
-_forks = [0]
-#: The databases of this process that are open (see _after_fork_in_child).
-_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    """Wait until no thread is inside SQLite on a connection of an open database, and keep
-    it so over the fork: each connection's lock is held (they are held only across SQL
-    that does not yield, and never two at once, so this waits at most for the statements
-    running in other threads). A child then closes them safely (below); a thread caught
-    inside SQLite could have left SQLite's own mutexes held in the child, for ever."""
-    _file_guards.lock.acquire()
-    for db in list(_open_databases):
-        for conn in list(db._all_conns):
-            if conn is not db._shared:
-                conn.lock.acquire()
-                _held_over_fork.append(conn)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_over_fork:
-        _held_over_fork.pop().lock.release()
-    _file_guards.lock.release()
-
-
-def _after_fork_in_child() -> None:
-    """In a forked child, close the connections inherited from the parent, of every open
-    database, before any new one is made.
-
-    SQLite keeps, per process, what it believes are this process's locks on each file;
-    a child inherits that belief but not the locks (POSIX locks are not inherited). While
-    an inherited connection stays open, the child's new connections to the file take
-    their locks from that stale record instead of from the system, so other processes
-    cannot see them: the last of those to close would think the database unused, and
-    delete its WAL while the child still commits into it (every job the child added from
-    then on lost). Closing the inherited connections first lets SQLite forget the record.
-    """
-    _forks[0] += 1
-    _after_fork_in_parent()  # the locks _before_fork took, in the child's copy
-    for db in list(_open_databases):
-        db._close_inherited()
-
-
-#: The connections whose locks _before_fork holds over a fork.
-_held_over_fork: list[Conn] = []
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
-
-
-class _FileGuards:
-    """One open descriptor per database file, shared by this process's ``Database`` objects
-    for ``_check_file``, and closed only when the last of them closes.
-
-    Closing any descriptor of a file releases every POSIX lock the process holds on it:
-    SQLite's too (it guards its own descriptors against this, not ours). Had each database
-    its own, closing one would release the locks of another still open on the same file,
-    and another process, seeing the file unused, could delete its WAL under it."""
-
-    def __init__(self) -> None:
-        self.lock = _allocate_lock()  # also held over a fork (see _before_fork)
-        self._held: dict[tuple[int, int], list[int]] = {}  # identity: [fd, users]
-        self._libraries: dict[tuple[int, int], set[str]] = {}  # the SQLite copies using it
-
-    def hold(self, path: str, library: str) -> tuple[tuple[int, int], int]:
-        """The identity (device, inode) of the file at ``path`` and a descriptor of it, for
-        a database whose connections use the SQLite of ``library`` (a driver's name)."""
-        with self.lock:
-            st = os.stat(path)
-            identity = (st.st_dev, st.st_ino)
-            entry = self._held.get(identity)
-            if entry is None:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                st = os.fstat(fd)
-                identity = (st.st_dev, st.st_ino)  # replaced in between: the new one's
-                entry = self._held.get(identity)
-                if entry is None:
-                    entry = self._held[identity] = [fd, 0]
-                # else (a race with a replacement): this fd must stay open (see above)
-            entry[1] += 1
-            libraries = self._libraries.setdefault(identity, set())
-            if libraries and library not in libraries:
-                log.warning(
-                    "%s: open in this process through two SQLite libraries (%s and %s): when"
-                    " the connections of one close, SQLite releases the locks of the other"
-                    " (POSIX locks are per process), and another process may then delete the"
-                    " WAL in use; use one driver for the file (Database.driver)",
-                    path, sorted(libraries)[0], library,
-                )  # fmt: skip
-            libraries.add(library)
-            return identity, entry[0]
-
-    def let_go(self, identity: tuple[int, int]) -> None:
-        """One user fewer; close the descriptor after the last (whose connections are
-        closed by then)."""
-        with self.lock:
-            entry = self._held.get(identity)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._held[identity]
-                self._libraries.pop(identity, None)
-                os.close(entry[0])
-
-
-_file_guards = _FileGuards()
-
-
-def _close_held(conn: Conn) -> None:
-    """Close a connection whose lock the caller holds (best effort), and release it."""
-    try:
-        _sql.forget(conn.raw)
-        conn.raw.close()
-    except Exception:  # pragma: no cover - closing is best effort
-        pass
-    finally:
-        conn.lock.release()
-
-
-def row_to_job(row: Sequence[Any]) -> Job:
-    """Build a :class:`Job` from a row of ``_sql.JOB_COLUMNS``; tolerant of broken rows."""
-    job = claimed_job(row)
-    decode_deferred(job.__dict__)  # a job read for a user is complete
-    return job
-
-
-def claimed_job(row: Sequence[Any]) -> Job:
-    """:func:`row_to_job` for a job a worker claimed: what a handler needs is decoded at
-    once; the id, the timestamps, the error, the result and the key are decoded from the
-    row on first access (``Job.__getattr__``). Building them costs about half of a
-    claimed job's Python time, and most handlers never read them."""
-    job = _new_job(Job)
-    # A frozen dataclass's __init__ sets each field through object.__setattr__; giving the
-    # instance its dict whole is several times cheaper (this runs once per job claimed).
-    _set_attr(
-        job,
-        "__dict__",
-        {
-            "queue": str(row[2]),
-            "payload": decode_json(row[3]),
-            "status": str(row[4]),
-            "priority": row[5] if type(row[5]) is int else _int(row[5]),
-            "attempts": row[6] if type(row[6]) is int else _int(row[6]),
-            "max_attempts": row[7] if type(row[7]) is int else _int(row[7]),
-            "_row": row,
-        },
-    )
-    return job
-
-
-def _lease_until(row: Sequence[Any]) -> datetime | None:
-    lease = row[13]
-    return ms_to_datetime(lease) if type(lease) is int and lease > 0 else None
-
-
-DEFERRED_FIELDS.update(
-    {
-        "id": _sql.job_id,
-        "created_at": lambda row: ms_to_datetime(row[8]),
-        "run_at": lambda row: ms_to_datetime(row[9]),
-        "last_error": lambda row: None if row[10] is None else str(row[10]),
-        "result": lambda row: None if row[11] is None else decode_json(row[11]),
-        "updated_at": lambda row: ms_to_datetime(row[12]),
-        "lease_until": _lease_until,
-        "key": lambda row: None if row[14] is None else str(row[14]),
-    }
-)
-
-
-_new_job = object.__new__
-_set_attr = object.__setattr__
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -376,11 +193,11 @@ class Database:
         self._path_checked = 0.0
         try:
             self._setup(create)
-            if self.path is not None:  # adopted connections too: see _FileGuards
+            if self.path is not None:  # adopted connections too: see _process._FileGuards
                 shared = self._shared
                 library = _driver.library_of(shared.raw) if shared is not None else _driver.DRIVER
                 self._identity, self._file_fd = _file_guards.hold(self.path, library)
-            with _file_guards.lock:  # not while _before_fork walks the set
+            with _file_guards.lock:  # not while _process._before_fork walks the set
                 _open_databases.add(self)
         except OSError as exc:
             self.close()
@@ -762,7 +579,7 @@ class Database:
             self._file_fd = None
 
     def _close_inherited(self) -> None:
-        """In a forked child: close the parent's connections (see _after_fork_in_child).
+        """In a forked child: close the parent's connections (see _process._after_fork_in_child).
         An adopted connection is the application's: it is kept (as is an in-memory one,
         the child's own copy). A connection still in use (made by another thread while the
         fork began, so not held over it) cannot be closed safely: it is left open, and

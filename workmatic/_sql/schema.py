@@ -9,7 +9,7 @@ from .counts import _RECOUNT
 
 SCHEMA_VERSION = 3
 
-#: The columns every job read returns, in this order (see ``database.row_to_job``).
+#: The columns every job read returns, in this order (see ``_rows.row_to_job``).
 JOB_COLUMNS = (
     "id, public_id, queue, payload, status, priority, attempts, max_attempts, created_at,"
     " run_at, last_error, result, updated_at, lease_until, key, token, nonce"
