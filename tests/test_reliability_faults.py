@@ -177,6 +177,7 @@ def free_and_check_recovery(fault: Fault, db_path: str, full: dict[str, Any], la
     assert recovered["all_done"], recovered
     stats = check_no_lost_or_partial_job(db_path, fault.acked())
     print(f"FIGURES {label}", json.dumps({"acked_before_full": full["acked"],
+          "acked_between_failures": full["acked_between"],
           "error": full["errors"][0]["error"], "final": stats}))  # fmt: skip
 
 

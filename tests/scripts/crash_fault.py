@@ -106,10 +106,19 @@ def fill() -> None:
     worker.process(lambda job: None)
     worker.start()
     acked = 0
+    acked_between = 0  # jobs added after the first failure
     errors: list[dict[str, str]] = []
     n = 0
-    while len(errors) < 5:  # keep trying after the first failure: it must keep failing
+    # Keep adding after the first failure, until five have failed. An add may succeed
+    # between failures (about one run in ten on the tmpfs, measured) when SQLite finds
+    # room again in files it already has (once a checkpoint lets it write the WAL from its
+    # start, for one). Such a job is acknowledged like any other: after recovery it must
+    # be there and done.
+    while len(errors) < 5:
         n += 1
+        if n > 100_000:
+            report("unexpected", type="ok", error="the disk never filled")
+            sys.exit(3)
         try:
             if n % 10 == 0:
                 ids = client.add_many([{"n": n, "k": k, "pad": "x" * 500} for k in range(20)])
@@ -118,12 +127,14 @@ def fill() -> None:
         except Exception as exc:
             errors.append(outcome(exc))
             continue
-        if errors:
-            report("unexpected", type="ok", error="an add succeeded on a full disk")
-            sys.exit(3)
         ack(ids)
         acked += len(ids)
-    report("full", acked=acked, errors=errors, stats=attempt(lambda: stats(db)))
+        if errors:
+            acked_between += len(ids)
+    report(
+        "full", acked=acked, acked_between=acked_between, errors=errors,
+        stats=attempt(lambda: stats(db)),
+    )  # fmt: skip
     wait_line("free")
     if args.rlimit:
         _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
