@@ -15,7 +15,9 @@ Transactions are grouped the way an ideal group commit would group them:
   ``_sql.insert_job.many`` when the core has it (as its writer does);
 * ``add_many``: one ``executemany`` in one transaction (``_sql.insert_batch``, as the core);
 * ``process`` at concurrency *c*: one transaction per round that finishes the *c* jobs of
-  the previous round and claims the next *c* (``_sql.finish`` + ``_sql.claim``);
+  the previous round and claims the next *c* (``_sql.finish_many``, as a worker's round
+  records its outcomes, or ``_sql.finish`` for each job where the core has no
+  ``finish_many``; then ``_sql.claim``);
 * ``mixed``: one transaction per round with one INSERT per producer plus the round's
   finish-and-claim.
 """
@@ -93,15 +95,19 @@ def _process(conn: Any, jobs: int, concurrency: int, producers: int = 0) -> int:
     done = 0
     pending = new_rows(jobs) if producers else []
     lease = 30_000
+    finish_many = getattr(_sql, "finish_many", None)
     while done < jobs:
         now = now_ms()
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(producers):
             if pending:
                 _sql.insert_job(conn, pending.pop())
-        for row in held:
-            if _sql.finish(conn, ("done", row[0], row[15], now, row[2], None)):
-                done += 1
+        outcomes = [("done", row[0], row[15], now, row[2], None) for row in held]
+        if finish_many is not None:  # as the worker records a round's outcomes
+            done += sum(finish_many(conn, outcomes))
+        else:
+            for outcome in outcomes:
+                done += _sql.finish(conn, outcome)
         held = _sql.claim(conn, QUEUE, concurrency, now, now + lease)
         commit(conn)
     return done
