@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import inspect
 import logging
 import pickle
 import time
@@ -324,6 +325,7 @@ def test_worker_schema_loads_payloads_and_fails_bad_ones(memdb: workmatic.Databa
     worker.stop()
     assert seen == [{"item": "book", "when": dt.date(2026, 12, 3)}]
     assert "when" in (job_of(memdb, bad).last_error or "")
+    assert (worker.processed, worker.failed) == (1, 1)
 
 
 def test_unserialisable_result_fails_the_job(memdb: workmatic.Database) -> None:
@@ -333,6 +335,7 @@ def test_unserialisable_result_fails_the_job(memdb: workmatic.Database) -> None:
     wait_for(lambda: job_of(memdb, job_id).status == "failed")
     worker.stop()
     assert "not JSON-serialisable" in (job_of(memdb, job_id).last_error or "")
+    assert (worker.processed, worker.failed) == (0, 1)
 
 
 def test_timeout_stops_the_handler(memdb: workmatic.Database) -> None:
@@ -714,6 +717,51 @@ def test_an_outcome_the_database_refuses_holds_up_no_other(
     assert worker.active == 0 and len(worker._pool) == 0
 
 
+def test_a_leader_killed_while_handing_out_leaves_no_slot_waiting(
+    memdb: workmatic.Database,
+) -> None:
+    """Four jobs finish together and every lease turns out lost. While the round's leader
+    logs the first lost lease to a handler that yields (one writing to a monkey-patched
+    socket, say), the leader is killed. The slots it had not handed a job to yet must be
+    woken all the same: the jobs run again once their leases expire, and stop() returns."""
+    client = workmatic.create_client(memdb, "q")
+    ids = [client.add({"n": n}) for n in range(12)]
+    killed: list[gevent.Greenlet] = []
+
+    class KillDuringHandOut(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            handing_out = any(f.function == "_hand_out" for f in inspect.stack(0))
+            if "lease lost" in record.getMessage() and not killed and handing_out:
+                leader = gevent.getcurrent()
+                killed.append(leader)
+                gevent.spawn(leader.kill, block=False)
+                gevent.sleep(0.01)  # the kill lands here, in the middle of the hand-out
+
+    handler = KillDuringHandOut()
+    logging.getLogger("workmatic").addHandler(handler)
+    gate = gevent.event.Event()
+
+    def gated(job: workmatic.Job) -> Any:
+        gate.wait()
+        gevent.sleep(0)  # all four are runnable when the first finishes: they share a round
+        return job.payload["n"]
+
+    worker = make(memdb, gated, concurrency=4, lease=0.5, poll_interval=0.05)
+    try:
+        worker.start()
+        wait_for(lambda: worker.active == 4)
+        raw_sql(memdb, "UPDATE jobs SET token = token + 100 WHERE status = 'running'")
+        gate.set()
+        wait_for(lambda: memdb.stats("q").done == 12, timeout=30)
+        assert len(killed) == 1
+        with gevent.Timeout(10):
+            worker.stop()  # would wait forever for a slot left waiting
+    finally:
+        logging.getLogger("workmatic").removeHandler(handler)
+    assert len(worker._pool) == 0
+    assert [job_of(memdb, job_id).result for job_id in ids] == list(range(12))
+
+
 def test_a_payload_nested_too_deeply_to_decode_fails_its_job_alone(
     memdb: workmatic.Database,
 ) -> None:
@@ -731,6 +779,7 @@ def test_a_payload_nested_too_deeply_to_decode_fails_its_job_alone(
     assert "nested too deeply" in (job_of(memdb, bad).last_error or "")
     assert [job_of(memdb, job_id).result for job_id in good] == list(range(6))
     assert worker.active == 0
+    assert (worker.processed, worker.failed) == (6, 1)
 
 
 @pytest.mark.parametrize("stray", ["leader", "joined"])

@@ -230,8 +230,8 @@ class Worker:
         self._pump: gevent.Greenlet | None = None
         self._renewer: gevent.Greenlet | None = None
         self._subscription: int | None = None
-        self.processed = 0
-        self.failed = 0
+        self.processed = 0  # jobs this worker recorded done
+        self.failed = 0  # runs that failed: their jobs to be retried, dead, or failed for good
 
     def __repr__(self) -> str:
         state = "running" if self._is_running else "stopped"
@@ -438,23 +438,20 @@ class Worker:
 
     def _outcome(self, kind: str, running: _Running, *data: Any) -> _sql.Outcome:
         """An outcome for ``_sql.finish``: the kind, the claim (row and fencing token),
-        now, the queue, then the kind's own data."""
+        now, the queue, then the kind's own data. (Inlined for ``done`` in
+        :meth:`_execute`: keep them in step.)"""
         return (kind, running.rowid, running.token, now_ms(), self.queue, *data)
 
     def _execute(self, running: _Running) -> _sql.Outcome:
         job = running.job
         try:
             if isinstance(job.payload, BrokenPayload):
-                return self._outcome(
-                    "failed", running, "payload is not valid JSON (or nested too deeply)"
-                )
+                return self._failed(running, "payload is not valid JSON (or nested too deeply)")
             if self.schema is not None:
                 try:
                     job = dataclasses.replace(job, payload=self.schema.load(job.payload))
                 except marshmallow.ValidationError as exc:
-                    return self._outcome(
-                        "failed", running, f"payload failed its schema: {exc.messages}"
-                    )
+                    return self._failed(running, f"payload failed its schema: {exc.messages}")
             handler = self._handler
             assert handler is not None
             timer = gevent.Timeout(self.timeout) if self.timeout is not None else None
@@ -478,10 +475,8 @@ class Worker:
                 try:
                     text = dump_result(result)
                 except ValidationError as exc:
-                    return self._outcome(
-                        "failed",
-                        running,
-                        f"result is not JSON-serialisable: {exc.messages['result'][0]}",
+                    return self._failed(
+                        running, f"result is not JSON-serialisable: {exc.messages['result'][0]}"
                     )
             # self._outcome("done", running, text), inlined: this runs for every job.
             return ("done", running.rowid, running.token, now_ms(), self.queue, text)
@@ -490,10 +485,14 @@ class Worker:
         except gevent.GreenletExit:
             return self._outcome("release", running)
         except PermanentError as exc:
-            self.failed += 1
-            return self._outcome("failed", running, _error_text(exc, with_traceback=False))
+            return self._failed(running, _error_text(exc, with_traceback=False))
         except Exception as exc:
             return self._failure(running, exc)
+
+    def _failed(self, running: _Running, error: str) -> _sql.Outcome:
+        """A run that fails its job for good (no retry), counted in ``failed``."""
+        self.failed += 1
+        return self._outcome("failed", running, error)
 
     def _failure(
         self, running: _Running, exc: BaseException | None, text: str = ""
@@ -592,8 +591,10 @@ class Worker:
 
     def _hand_out(self, round_: _Round, results: tuple[list[bool], list[tuple[Any, ...]]]) -> None:
         """Settle the jobs of the slots that joined a recorded round and wake each slot
-        with its next job (once: not after the leader gave up on them). It never raises:
-        on a bug, the slots not handed a job yet get none."""
+        with its next job (once: not after the leader gave up on them). On a bug it logs
+        and the slots not handed a job yet get none; so they do too when this greenlet is
+        killed meanwhile (a log handler may yield), and the kill goes on. No slot is left
+        waiting."""
         if round_.handed_out:
             return
         round_.handed_out = True
@@ -618,6 +619,9 @@ class Worker:
         except Exception:
             log.exception("worker %s: handing out the next jobs of a round failed", self.id)
             self._release_slots(round_)
+        except BaseException:  # thrown in (killed while a log handler yielded): wake them
+            self._release_slots(round_)
+            raise
 
     def _release_slots(self, round_: _Round) -> None:
         """Wake the slots that joined a round and were not handed a job yet, with none."""
@@ -696,7 +700,8 @@ class Worker:
         self, running: _Running, kind: str, held: bool, row: tuple[Any, ...] | None
     ) -> _Running | None:
         """After a job's outcome was written: stop tracking it, and track the next job
-        claimed for its slot (``row``; returned, None if none was)."""
+        claimed for its slot (``row``; returned, None if none was). (Inlined in
+        :meth:`_hand_out`, with :meth:`_untrack` and :meth:`_claimed`: keep them in step.)"""
         self._untrack(running)
         if not held:
             self._lost_outcome(running, kind)
