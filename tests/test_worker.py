@@ -912,13 +912,13 @@ def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
     slot of the round is still woken, the worker goes on, and the job that could not be
     handed out runs again once its lease expires (it was claimed, never renewed), as does
     the leader's own next job when the failure ended the leader's greenlet."""
-    from workmatic import worker as worker_module
+    from workmatic import _rounds
 
     client = workmatic.create_client(memdb, "q")
     ids = [client.add({"n": n}) for n in range(12)]
     gate = gevent.event.Event()
     built = [0]
-    claimed_job = worker_module.claimed_job
+    claimed_job = _rounds.claimed_job
 
     def flaky(row: Any) -> workmatic.Job:
         built[0] += 1
@@ -926,7 +926,7 @@ def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
             raise RuntimeError("simulated bug")
         return claimed_job(row)
 
-    monkeypatch.setattr(worker_module, "claimed_job", flaky)
+    monkeypatch.setattr(_rounds, "claimed_job", flaky)  # read by the worker's _Finishing
     worker = make(memdb, lambda job: gate.wait(), concurrency=4, lease=0.5, poll_interval=0.05)
     worker.start()
     wait_for(lambda: worker.active == 4)

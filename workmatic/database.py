@@ -33,7 +33,7 @@ import gevent.threadpool
 
 from . import _driver, _sql
 from ._process import _close_held, _file_guards, _forks, _open_databases
-from ._rows import claimed_job as claimed_job  # re-exported (the worker imports it here)
+from ._rows import claimed_job as claimed_job  # re-exported (the worker imported it from here)
 from ._rows import row_to_job as row_to_job  # re-exported
 from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
 from .exceptions import (
