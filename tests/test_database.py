@@ -25,7 +25,7 @@ import pytest
 from helpers import LockHolder, script, wait_for
 
 import workmatic
-from workmatic import _driver, _sql
+from workmatic import _checkpoints, _driver, _sql
 
 
 def raw(path: str) -> sqlite3.Connection:
@@ -646,7 +646,7 @@ def test_steady_adds_restart_the_wal_before_sqlite_checkpoints_in_a_commit(
     used to grow to the automatic checkpoint's threshold (10,000 pages), and SQLite then
     checkpointed (and fsynced) inside a commit, on the hub. The checkpointer restarts it
     first (from 2,000 pages here, for a wide margin on a slow disk)."""
-    monkeypatch.setattr(workmatic.database, "RESTART_PAGES", 2_000)
+    monkeypatch.setattr(_checkpoints, "RESTART_PAGES", 2_000)  # read by _checkpoint
     client = workmatic.create_client(db)
     for i in range(10_000):  # each add commits 2 pages or more
         client.add({"n": i})
@@ -689,7 +689,7 @@ def test_a_reader_that_keeps_the_wal_does_not_hold_up_writes(
     try:
         assert reader.stdin is not None and reader.stdout is not None
         assert reader.stdout.readline().strip() == "reading 1"
-        longest = _longest_add(client, 3 * workmatic.database.RESTART_PAGES)
+        longest = _longest_add(client, 3 * _checkpoints.RESTART_PAGES)
         wait_for(lambda: db._restart_wait_ms == 0, timeout=10)  # a restart failed
         assert longest < 1.0
         assert _wal_pages(db_path) >= 6_000  # kept: nothing could start it over
@@ -708,10 +708,10 @@ def test_a_reader_that_keeps_the_wal_does_not_hold_up_writes(
         for _ in range(200):
             client.add({"more": added})
             added += 1
-        return db._restart_wait_ms == workmatic.database.RESTART_WAIT_MS
+        return db._restart_wait_ms == _checkpoints.RESTART_WAIT_MS
 
     wait_for(restarted, timeout=30)
-    assert db.stats().ready == 3 * workmatic.database.RESTART_PAGES + 1 + added
+    assert db.stats().ready == 3 * _checkpoints.RESTART_PAGES + 1 + added
 
 
 def test_a_hold_queues_this_process_writes_until_it_is_released(

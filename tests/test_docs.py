@@ -20,9 +20,12 @@ def test_public_name_is_documented(name: str) -> None:
 
 
 def _public_methods(cls: type) -> list[str]:
+    # Inherited ones too: Database gets most of its methods from mixins (_operations.py).
     return sorted(
-        n for n, v in vars(cls).items()
-        if not n.startswith("_") and (callable(v) or isinstance(v, property))
+        {
+            n for base in cls.__mro__[:-1] for n, v in vars(base).items()
+            if not n.startswith("_") and (callable(v) or isinstance(v, property))
+        }
     )  # fmt: skip
 
 

@@ -1,5 +1,7 @@
-"""The database: connections, pragmas, schema, the doors to the writer (``_writer.py``),
-change notification, checkpoints, and every read and admin operation.
+"""The database: connections, pragmas, schema, and the doors to the writer (``_writer.py``).
+Its public reads and admin operations (``_operations.py``), change notification
+(``_notifications.py``) and WAL checkpoints (``_checkpoints.py``) are methods of a class
+in each of those modules, which ``Database`` inherits.
 
 Every write of a thread goes through that thread's writer (``_writer.Writer``), which
 runs every request queued at that moment in one ``BEGIN IMMEDIATE`` transaction (group
@@ -22,16 +24,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import gevent
 import gevent.event
 import gevent.monkey
-import gevent.threadpool
 
 from . import _driver, _sql
+from ._checkpoints import RESTART_WAIT_MS, _Checkpoints
+from ._notifications import _Notifications
+from ._operations import _Operations
 from ._process import _close_held, _file_guards, _forks, _open_databases
 from ._rows import claimed_job as claimed_job  # re-exported (the worker imported it from here)
 from ._rows import row_to_job as row_to_job  # re-exported
@@ -41,24 +45,10 @@ from .exceptions import (
     DatabaseError,
     DatabaseLockedError,
     DatabaseNotFoundError,
-    InvalidStateError,
-    JobNotFoundError,
     SchemaError,
     ValidationError,
 )
-from .job import (
-    ORIGINAL_COLUMNS,
-    STATUSES,
-    ImportResult,
-    Job,
-    JobStats,
-    QueueInfo,
-    now_ms,
-)
-from .job import (
-    new_nonce as _nonce,
-)
-from .schemas import validate_queue
+from .job import ORIGINAL_COLUMNS
 
 __all__ = ["Database", "create_database"]
 
@@ -70,21 +60,6 @@ T = TypeVar("T")
 OFFLOAD_ROWS = 2000
 #: Most seconds between two checks of the database path's identity (see ``_check_file``).
 PATH_CHECK_INTERVAL = 0.05
-#: How often (seconds) the watcher polls ``PRAGMA data_version`` for other processes' commits.
-WATCH_INTERVAL = 0.005
-#: Most seconds between two checkpoints (copying the WAL back into the database, in a
-#: thread of their own) while commits are being made ...
-CHECKPOINT_INTERVAL = 0.25
-#: ... or after this many commits, whichever comes first, checked every CHECKPOINT_POLL s.
-CHECKPOINT_COMMITS = 1_000
-CHECKPOINT_POLL = 0.02
-#: WAL pages from which a checkpoint also starts the WAL over (``_sql.restart_wal``) ...
-RESTART_PAGES = 4_000
-#: ... waiting at most this long (ms, in the thread) for the write lock and for readers
-#: (0 after a restart that could not be done, until one is), after at most HOLD_WAIT s
-#: for this writer's running transaction (else: at the next checkpoint).
-RESTART_WAIT_MS = 5
-HOLD_WAIT = 1.0
 #: WAL pages after which SQLite checkpoints inside a commit: only should the checkpointer
 #: be gone (a WAL kept from restarting by a reader grows past any smaller figure, and the
 #: first commit after the reader ended would copy it all on the hub) ...
@@ -100,25 +75,7 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def _statuses(
-    status: str | Sequence[str] | None, allowed: Sequence[str], name: str = "status"
-) -> tuple[str, ...]:
-    if status is None:
-        return tuple(allowed)
-    values = (status,) if isinstance(status, str) else tuple(status)
-    bad = [s for s in values if s not in allowed]
-    if not values or bad:
-        raise ValidationError(
-            {
-                name: [
-                    f"Must be one of: {', '.join(allowed)}." + (f" Got {bad[0]!r}." if bad else "")
-                ]
-            }
-        )
-    return values
-
-
-class Database:
+class Database(_Operations, _Notifications, _Checkpoints):
     """A workmatic database: one SQLite file (or an in-memory database) holding every queue.
 
     Create it with :func:`create_database`. It is a context manager; :meth:`close` it when
@@ -305,81 +262,6 @@ class Database:
                 writer.checkpointer.name = "workmatic-checkpointer"
         return writer
 
-    def _checkpoints(self, writer: Writer) -> None:
-        """Copy the WAL back into the database CHECKPOINT_INTERVAL after the last checkpoint
-        while commits are made, or sooner under load (every CHECKPOINT_COMMITS commits), in
-        a real thread of the writer's own (not the hub's pool, which the application may
-        keep busy), so that the fsyncs of a checkpoint never run on the hub.
-
-        A PASSIVE checkpoint lets commits go on, so under steady load it never copies the
-        last of them, and SQLite starts the WAL over only after one that did: the WAL would
-        grow until SQLite's automatic checkpoint fsynced inside a commit, on the hub
-        (measured, with its threshold at 10,000 pages: 20-30 ms stalls every ~0.3 s of
-        sequential adds). So once the WAL holds RESTART_PAGES, this writer's commits are
-        held (they queue, as behind a transaction) while a RESTART checkpoint copies what
-        the PASSIVE one left and starts the WAL over (1-4 ms). When it cannot (a reader
-        still uses the WAL, or another connection holds the write lock), the next ones do
-        not wait for the lock or for readers until one succeeds, so a reader that keeps the
-        WAL for long costs each checkpoint well under a millisecond of held writes."""
-        done = 0  # writer.commits at the last checkpoint
-        before = -1  # writer.commits before the last sleep (at first: poll soon)
-        last = time.monotonic()
-        pool = gevent.threadpool.ThreadPool(1, hub=writer.hub)  # its own thread
-        ident = get_ident()
-        try:
-            # Until closed, or until this writer is dropped (replaced, or left behind by a
-            # fork: a child never writes through its parent's connections).
-            while not self._closed and self._writers.get(ident) is writer:
-                active = writer.commits != before  # commits made during the last sleep
-                before = writer.commits
-                gevent.sleep(CHECKPOINT_POLL if active else CHECKPOINT_INTERVAL)
-                commits = writer.commits
-                if commits == done or self._closed:
-                    continue
-                if (
-                    commits - done < CHECKPOINT_COMMITS
-                    and time.monotonic() - last < CHECKPOINT_INTERVAL
-                ):
-                    continue
-                done, last = commits, time.monotonic()
-                try:
-                    self._checkpoint(writer, pool)
-                except Exception:  # a bug: log it, and keep checkpointing
-                    log.exception("%s: checkpoint failed", self._label)
-        finally:
-            pool.kill()
-
-    def _checkpoint(self, writer: Writer, pool: Any) -> None:
-        frames = pool.spawn(self._checkpoint_in_thread, False).get()
-        if frames < RESTART_PAGES or not writer.hold(HOLD_WAIT):
-            return
-        try:
-            frames = pool.spawn(self._checkpoint_in_thread, True).get()
-        finally:
-            writer.release()
-        if frames == 0:
-            self._restart_wait_ms = RESTART_WAIT_MS
-        elif frames > 0:  # it could not restart: do not wait for the lock until one does
-            self._restart_wait_ms = 0
-
-    def _checkpoint_in_thread(self, restart: bool) -> int:
-        """Run a PASSIVE checkpoint (or a RESTART one) and return the WAL's size in pages:
-        0 after a restart, at least 1 if it could not restart, -1 if none could run."""
-        conn = self._reader()
-        conn.acquire(True)
-        try:
-            if self._closed:
-                return -1
-            if restart:
-                busy, frames, _ = _sql.restart_wal(conn.raw, self._restart_wait_ms)
-                return max(frames, 1) if busy else 0
-            return _sql.checkpoint(conn.raw)[1]
-        except conn.errors as exc:  # busy (another checkpoint), or the file went away
-            log.debug("%s: checkpoint skipped: %s", self._label, exc)
-            return -1
-        finally:
-            conn.lock.release()
-
     def _translate(self, exc: BaseException) -> DatabaseError:
         if isinstance(exc, DatabaseError):
             return exc
@@ -501,47 +383,6 @@ class Database:
             fn, args, time.monotonic() + self.lock_timeout, exclusive or offload, offload
         )
 
-    # --- change notification -------------------------------------------------------------
-
-    def _subscribe(self, queue: str | None, callback: Callable[[], None]) -> int:
-        """Call ``callback`` (in this hub) when ``queue`` (or anything, for None) may have
-        new work: at once for this process's adds, within ~5 ms for other processes'."""
-        self._check()
-        self._next_subscriber += 1
-        token = self._next_subscriber
-        hub = gevent.get_hub()
-        self._subscribers[token] = (hub, queue, callback)
-        ident = get_ident()
-        watcher = self._watchers.get(ident)
-        if watcher is None or watcher.dead:
-            self._watchers[ident] = gevent.spawn(self._watch, hub)
-        return token
-
-    def _unsubscribe(self, token: int) -> None:
-        self._subscribers.pop(token, None)
-
-    def _notify(self, queue: str | None) -> None:
-        if not self._subscribers:
-            return
-        hub = gevent.get_hub()
-        for sub_hub, sub_queue, callback in list(self._subscribers.values()):
-            if sub_hub is hub and (sub_queue is None or queue is None or sub_queue == queue):
-                callback()
-
-    def _watch(self, hub: Any) -> None:
-        last = None
-        while not self._closed and any(s[0] is hub for s in self._subscribers.values()):
-            try:
-                version = self._read(_sql.data_version)
-            except DatabaseError as exc:
-                log.warning("%s: cannot poll for changes: %s", self._label, exc)
-                gevent.sleep(0.5)
-                continue
-            if last is not None and version != last:
-                self._notify(None)
-            last = version
-            gevent.sleep(WATCH_INTERVAL)
-
     # --- lifecycle ------------------------------------------------------------------------
 
     @property
@@ -614,229 +455,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<workmatic.Database {self._label!r} durability={self.durability}>"
-
-    # --- reads ------------------------------------------------------------------------------
-
-    def get_job(self, job_id: str) -> Job | None:
-        """Return the job with this public id, or None."""
-        if not isinstance(job_id, str):
-            raise ValidationError({"job_id": ["Must be a string."]})
-        row = self._read(_sql.get_job, job_id)
-        return row_to_job(row) if row is not None else None
-
-    def list_jobs(
-        self,
-        *,
-        queue: str | None = None,
-        status: str | Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Job]:
-        """Return jobs newest first, optionally of one queue and status.
-
-        :param limit: at most this many (1 to 10,000).
-        :param offset: skip this many first.
-        """
-        q = validate_queue(queue) if queue is not None else None
-        statuses = _statuses(status, STATUSES) if status is not None else None
-        limit = _bounded_int(limit, "limit", 1, 10_000)
-        offset = _bounded_int(offset, "offset", 0, 2**62)
-        rows = self._read(_sql.list_jobs, q, statuses, limit, offset, offload=offset > 10_000)
-        return [row_to_job(r) for r in rows]
-
-    def count_jobs(
-        self, *, queue: str | None = None, status: str | Sequence[str] | None = None
-    ) -> int:
-        """Count jobs, optionally of one queue and status."""
-        q = validate_queue(queue) if queue is not None else None
-        statuses = _statuses(status, STATUSES) if status is not None else None
-        return self._read(_sql.count_jobs, q, statuses)
-
-    def iter_jobs(
-        self,
-        *,
-        queue: str | None = None,
-        status: str | Sequence[str] | None = None,
-        batch_size: int = 1000,
-    ) -> Iterator[Job]:
-        """Yield jobs oldest first, in batches (constant memory: for exports)."""
-        q = validate_queue(queue) if queue is not None else None
-        statuses = _statuses(status, STATUSES) if status is not None else None
-        size = _bounded_int(batch_size, "batch_size", 1, 100_000)
-
-        def generate() -> Iterator[Job]:
-            after = 0
-            while True:
-                rows = self._read(_sql.page_jobs, q, statuses, after, size)
-                for row in rows:
-                    yield row_to_job(row)
-                if len(rows) < size:
-                    return
-                after = rows[-1][0]
-
-        return generate()
-
-    def stats(self, queue: str | None = None) -> JobStats:
-        """Job counts by status for one queue, or for all queues."""
-        q = validate_queue(queue) if queue is not None else None
-        return JobStats.from_counts(self._read(_sql.count_by_status, q))
-
-    def queue_stats(self) -> dict[str, JobStats]:
-        """Job counts by status for every queue that has jobs or a pause setting."""
-        return {q.name: q.stats for q in self.queues()}
-
-    def queues(self) -> list[QueueInfo]:
-        """Every queue with jobs or a pause setting, sorted by name."""
-        counts, paused = self._read(_sql.count_by_queue)
-        names = sorted(set(counts) | set(paused))
-        return [
-            QueueInfo(n, paused.get(n, False), JobStats.from_counts(counts.get(n, {})))
-            for n in names
-        ]
-
-    def is_queue_paused(self, queue: str) -> bool:
-        """Whether the queue is paused in every process."""
-        return self._read(_sql.is_paused, validate_queue(queue))
-
-    # --- writes --------------------------------------------------------------------------
-
-    def pause_queue(self, queue: str) -> None:
-        """Pause a queue: workers in every process stop starting its jobs (within ~1 s)."""
-        self._write(_sql.set_paused, validate_queue(queue), True, now_ms())
-
-    def resume_queue(self, queue: str) -> None:
-        """Resume a paused queue."""
-        q = validate_queue(queue)
-        self._write(_sql.set_paused, q, False, now_ms())
-        self._notify(q)
-
-    def retry_job(self, job_id: str) -> bool:
-        """Reset a ``dead`` or ``failed`` job to ``ready`` (attempts 0, due now).
-
-        :returns: False if the job is in another status.
-        :raises JobNotFoundError: no job has this id.
-        """
-        if not isinstance(job_id, str):
-            raise ValidationError({"job_id": ["Must be a string."]})
-        previous = self._write(_sql.retry_job, job_id, now_ms())
-        if previous is None:
-            raise JobNotFoundError(job_id)
-        if previous in ("dead", "failed"):
-            self._notify(None)
-            return True
-        return False
-
-    def retry_jobs(
-        self, *, status: str | Sequence[str] = ("dead", "failed"), queue: str | None = None
-    ) -> int:
-        """Reset every ``dead``/``failed`` (or ``done``) job to ``ready``; never running ones.
-
-        :returns: how many jobs were reset.
-        """
-        statuses = _statuses(status, ("dead", "failed", "done"))
-        q = validate_queue(queue) if queue is not None else None
-        n = self._write(_sql.retry_jobs, q, statuses, now_ms(), offload=True)
-        if n:
-            self._notify(q)
-        return n
-
-    def purge(self, *, status: str | Sequence[str] | None = None, queue: str | None = None) -> int:
-        """Delete jobs (never running ones). ``status=None`` means every status but running.
-
-        :returns: how many jobs were deleted.
-        """
-        statuses = _statuses(status, ("ready", "done", "failed", "dead"))
-        q = validate_queue(queue) if queue is not None else None
-        return self._write(_sql.purge, q, statuses, offload=True)
-
-    def import_jobs(self, records: Iterable[Mapping[str, Any]]) -> ImportResult:
-        """Insert already-validated job records in one transaction (see the README's CSV
-        section for the fields). A ``public_id`` already present is skipped, never replaced;
-        a ``running`` record comes in as ``ready``. If ``records`` raises, nothing is
-        imported."""
-        now = now_ms()
-
-        def normalised() -> Iterator[dict[str, Any]]:
-            for record in records:
-                row = dict(record)
-                if not row.get("public_id"):
-                    row["public_id"] = None
-                row["nonce"] = _nonce()
-                if row.get("status", "ready") == "running":
-                    row["status"] = "ready"
-                row.setdefault("status", "ready")
-                row.setdefault("queue", "default")
-                row.setdefault("priority", 0)
-                row.setdefault("run_at", now)
-                row.setdefault("attempts", 0)
-                row.setdefault("max_attempts", 3)
-                row.setdefault("created_at", now)
-                row.setdefault("updated_at", now)
-                row.setdefault("last_error", None)
-                row.setdefault("result", None)
-                row.setdefault("key", None)
-                row["due"] = int(row["run_at"] <= now)
-                yield row
-
-        inserted, skipped = self._write(_sql.import_jobs, normalised(), offload=True)
-        if inserted:
-            self._notify(None)
-        return ImportResult(inserted, skipped)
-
-    def transfer(
-        self,
-        source: str,
-        target: str,
-        *,
-        status: str | Sequence[str] = ("ready", "dead"),
-        limit: int = 10_000,
-        reset: bool = False,
-    ) -> int:
-        """Atomically move up to ``limit`` jobs (oldest first) from one queue to another.
-
-        :param status: which statuses to move (never ``running``).
-        :param reset: make moved jobs ``ready`` with attempts 0, due now.
-        :returns: how many jobs moved.
-        """
-        src = validate_queue(source, "source")
-        dst = validate_queue(target, "target")
-        statuses = _statuses(status, ("ready", "done", "failed", "dead"))
-        limit = _bounded_int(limit, "limit", 1, 2**62)
-        if not isinstance(reset, bool):
-            raise ValidationError({"reset": ["Must be a boolean."]})
-        n = self._write(_sql.transfer, src, dst, statuses, limit, reset, now_ms(), offload=True)
-        if n:
-            self._notify(dst)
-        return n
-
-    def recount(self) -> None:
-        """Rebuild the counts behind :meth:`stats` from the jobs themselves (needed only
-        after the file was edited by other means than workmatic)."""
-        self._write(_sql.recount, offload=True)
-
-    def move_job(self, job_id: str, target: str) -> bool:
-        """Move one job to another queue.
-
-        :returns: True when moved.
-        :raises JobNotFoundError: no job has this id.
-        :raises InvalidStateError: the job is running.
-        """
-        if not isinstance(job_id, str):
-            raise ValidationError({"job_id": ["Must be a string."]})
-        dst = validate_queue(target, "target")
-        status = self._write(_sql.move_job, job_id, dst, now_ms())
-        if status is None:
-            raise JobNotFoundError(job_id)
-        if status == "running":
-            raise InvalidStateError(f"job {job_id!r} is running; it cannot be moved")
-        self._notify(dst)
-        return True
-
-
-def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError({name: [f"Must be an integer from {low} to {high}."]})
-    return value
 
 
 def _legacy_shape(raw: Any) -> str:
