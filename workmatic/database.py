@@ -29,8 +29,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import gevent
-import gevent.event
-import gevent.monkey
 
 from . import _driver, _sql
 from ._checkpoints import RESTART_WAIT_MS, _Checkpoints
