@@ -39,13 +39,11 @@ HOLD_WAIT = 1.0
 class _Checkpoints:
     """The :class:`~workmatic.database.Database`'s methods that checkpoint the WAL."""
 
-    # What these methods use of the Database (set in Database.__init__).
-    _closed: bool
-    _label: str
-    _restart_wait_ms: int
-    _writers: dict[int, Writer]
-
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # what these methods use of the Database (set in Database.__init__)
+        _closed: bool
+        _label: str
+        _restart_wait_ms: int
+        _writers: dict[int, Writer]
 
         def _reader(self) -> Conn: ...
 

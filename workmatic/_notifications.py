@@ -30,14 +30,12 @@ WATCH_INTERVAL = 0.005
 class _Notifications:
     """The :class:`~workmatic.database.Database`'s methods of change notification."""
 
-    # What these methods use of the Database (set in Database.__init__).
-    _closed: bool
-    _label: str
-    _subscribers: dict[int, tuple[Any, str | None, Callable[[], None]]]
-    _next_subscriber: int
-    _watchers: dict[int, gevent.Greenlet]
-
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # what these methods use of the Database (set in Database.__init__)
+        _closed: bool
+        _label: str
+        _subscribers: dict[int, tuple[Any, str | None, Callable[[], None]]]
+        _next_subscriber: int
+        _watchers: dict[int, gevent.Greenlet]
 
         def _check(self) -> None: ...
 

@@ -120,18 +120,18 @@ class _Finishing:
     outcome, claim and track the slot's next job, alone or in a round) and that track the
     claims the worker holds."""
 
-    # What these methods use of the Worker (set in Worker.__init__).
-    db: Database
-    queue: str
-    concurrency: int
-    id: str
-    processed: int
-    _lease_ms: int
-    _running: dict[int, _Running]
-    _round: _Round | None
-    _stopping: bool
-    _paused: bool
-    _giving_up: bool
+    if TYPE_CHECKING:  # what these methods use of the Worker (set in Worker.__init__)
+        db: Database
+        queue: str
+        concurrency: int
+        id: str
+        processed: int
+        _lease_ms: int
+        _running: dict[int, _Running]
+        _round: _Round | None
+        _stopping: bool
+        _paused: bool
+        _giving_up: bool
 
     def _claimed(self, row: tuple[Any, ...]) -> _Running:
         """Track a job this worker just claimed (``row``: ``_sql.JOB_COLUMNS``)."""

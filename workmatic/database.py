@@ -30,13 +30,11 @@ from typing import Any, TypeVar
 
 import gevent
 
-from . import _driver, _sql
-from ._checkpoints import RESTART_WAIT_MS, _Checkpoints
+from . import _checkpoints, _driver, _sql
+from ._checkpoints import _Checkpoints
 from ._notifications import _Notifications
 from ._operations import _Operations
 from ._process import _close_held, _file_guards, _forks, _open_databases
-from ._rows import claimed_job as claimed_job  # re-exported (the worker imported it from here)
-from ._rows import row_to_job as row_to_job  # re-exported
 from ._writer import NOT_RUN, Conn, Request, Writer, get_ident, real_sleep
 from .exceptions import (
     DatabaseClosedError,
@@ -101,7 +99,8 @@ class Database(_Operations, _Notifications, _Checkpoints):
         self.driver = _driver.DRIVER
         self.sqlite_version = _driver.SQLITE_VERSION
         self._closed = False
-        self._restart_wait_ms = RESTART_WAIT_MS  # 0 while restarts fail (see _checkpoints)
+        # 0 while restarts fail; read through the module, where _checkpoint reads it too
+        self._restart_wait_ms = _checkpoints.RESTART_WAIT_MS
         self._forks = _forks[0]
         self._writers: dict[int, Writer] = {}
         self._readers: dict[int, Conn] = {}

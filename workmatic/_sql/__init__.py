@@ -15,7 +15,8 @@ Its modules, by responsibility:
 
 Callers use this package's names (``_sql.claim(...)``): plain re-exports of the
 modules' own. Each module reads its names from itself, so setting one here (a test's
-patch) changes only what ``_sql.<name>`` callers see: patch the module that reads it.
+patch) changes only what ``_sql.<name>`` callers see: patch the modules that read it
+(``FOLD_EVERY``: ``counts`` and ``adding``; ``PROMOTE_EVERY_MS``: ``claiming``).
 
 Design notes:
 

@@ -32,6 +32,7 @@ _unfolded: dict[int, int] = {}
 
 #: A connection folds the jobs after the mark into the totals once it sees this many
 #: after it: a ready count scans about that many rows per connection adding jobs.
+#: (``adding`` reads it too, through its own import: a test patches both.)
 FOLD_EVERY = 250
 
 _UPSERT_COUNT = (

@@ -79,7 +79,7 @@ _V2 = [
     "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, lease_until) WHERE status = 'running'",
     "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (queue, id) WHERE status IN ('failed', 'dead')",
     "CREATE INDEX IF NOT EXISTS jobs_key ON jobs (queue, key) WHERE key IS NOT NULL",
-    # Counts by queue and status, kept exact by every write below (stats in O(1) at any
+    # Counts by queue and status, kept exact by every write of this package (stats in O(1) at any
     # size; one upsert per transaction, cheaper than status indexes or triggers).
     """CREATE TABLE IF NOT EXISTS counts (
         queue TEXT NOT NULL,
