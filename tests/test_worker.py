@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import gc
 import inspect
 import logging
 import pickle
@@ -937,6 +938,205 @@ def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
     rerun = [job_of(memdb, job_id) for job_id in ids if job_of(memdb, job_id).attempts]
     assert 1 <= len(rerun) <= 2
     assert all((job.status, job.attempts) == ("done", 1) for job in rerun)
+
+
+class GatedBatches:
+    """Batches of twelve jobs, added in order, for a worker of twelve slots: each of its
+    rounds claims the next batch. A job's handler records the writer's commit count as it
+    starts, waits for its batch's gate, and returns its ``n``. A batch's handlers return
+    together (``release``) after running for 50 ms: handlers that wait on I/O, for far
+    longer than a round takes."""
+
+    def __init__(self, db: workmatic.Database, batches: int) -> None:
+        self.db = db
+        client = workmatic.create_client(db, "q")
+        self.ids = [client.add({"b": b, "n": n}) for b in range(batches) for n in range(12)]
+        self.gates = [gevent.event.Event() for _ in range(batches)]
+        self.started: list[list[int]] = [[] for _ in range(batches)]
+        self.on_start: Callable[[int], None] = lambda batch: None
+
+    def handler(self, job: workmatic.Job) -> int:
+        batch = int(job.payload["b"])
+        self.started[batch].append(self.db._writer().commits)
+        self.on_start(batch)
+        self.gates[batch].wait()
+        return int(job.payload["n"])
+
+    def release(self, batch: int) -> None:
+        gevent.sleep(0.05)  # the workload: handlers busy for 50 ms (not a synchronisation)
+        self.gates[batch].set()
+
+    def start(self, worker: workmatic.Worker) -> None:
+        """Start ``worker`` (12 slots) and let batches 0 and 1 return: its first round
+        (whole: it has no measure of a round's cost yet) claims batch 1; its second,
+        split, records batch 1 and claims batch 2."""
+        worker.start()
+        wait_for(lambda: len(self.started[0]) == 12)
+        self.release(0)
+        wait_for(lambda: len(self.started[1]) == 12)
+        self.release(1)
+
+    def finish(self, worker: workmatic.Worker) -> None:
+        """Let the other batches return as they start; check every job was done once."""
+        for batch in range(2, len(self.gates)):
+            wait_for(lambda: len(self.started[batch]) == 12)  # noqa: B023 (called at once)
+            self.release(batch)
+        wait_for(lambda: worker.processed == len(self.ids), timeout=30)
+        worker.stop()
+        results = [job_of(self.db, job_id).result for job_id in self.ids]
+        assert results == list(range(12)) * len(self.gates)
+        assert all(job_of(self.db, job_id).attempts == 0 for job_id in self.ids)
+
+
+def count_lead_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count how often a split round's rest is passed to the next chunk's leader."""
+    from workmatic import _rounds
+
+    passes = [0]
+    pass_lead = _rounds._Finishing._pass_lead
+
+    def counted(self: Any, rest: Any) -> None:
+        passes[0] += 1
+        pass_lead(self, rest)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", counted)
+    return passes
+
+
+def test_slots_back_from_long_handlers_start_their_next_jobs_chunk_by_chunk(
+    db: workmatic.Database,
+) -> None:
+    """Twelve slots whose handlers ran long return together. The worker's first round
+    records all twelve in one commit (it has no measure of a round's cost yet). The next
+    is split: one commit records four outcomes and claims four next jobs, and those four
+    slots start them before the next four outcomes commit, and so on: three commits,
+    each slot starting its job after its own chunk's. Every job is done once."""
+    jobs = GatedBatches(db, batches=4)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+    jobs.start(worker)
+    wait_for(lambda: len(jobs.started[2]) == 12)
+    assert len(set(jobs.started[1])) == 1, "a whole round: twelve slots after one commit"
+    first = jobs.started[2][0]
+    assert jobs.started[2] == [first] * 4 + [first + 1] * 4 + [first + 2] * 4
+    jobs.finish(worker)
+
+
+def test_rounds_of_slots_that_keep_the_database_busy_stay_whole(
+    memdb: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No-op handlers: their slots wait for the database, not the other way round, so no
+    round is split (more commits would only cost throughput)."""
+    passes = count_lead_passes(monkeypatch)
+    client = workmatic.create_client(memdb, "q")
+    client.add_many([{"n": n} for n in range(2000)])
+    worker = make(memdb, lambda job: job.payload["n"], concurrency=8, poll_interval=60)
+    gc.disable()  # a full collection inside a handler would make it a long one
+    try:
+        worker.start()
+        wait_for(lambda: worker.processed == 2000, timeout=30)
+    finally:
+        gc.enable()
+    worker.stop()
+    assert passes[0] == 0
+    assert memdb._writer().commits < 2000 / 4, "rounds of several jobs"
+
+
+@pytest.mark.parametrize("when", ["before it leads", "as it leads"])
+def test_a_slot_killed_when_passed_the_lead_of_a_split_round_leaves_none_waiting(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The slot handed the rest of a split round is killed. Before it could lead the next
+    chunk: the next slot still waiting leads in its place, and only the killed slot's job
+    runs again (once its lease expires). While it leads (the kill lands as it yields
+    before its transaction): the slots of its chunk and of the chunk after it are woken
+    with no job and end, and their jobs run again. No slot is left waiting either way."""
+    from workmatic import _rounds
+
+    killed: list[int] = []
+    pass_lead = _rounds._Finishing._pass_lead
+
+    def kill_head(self: Any, rest: list[Any]) -> None:
+        head = next(turn for turn in rest if not turn.gone)
+        if when == "as it leads":
+            pass_lead(self, rest)
+        if not killed:
+            killed.append(int(head.running.job.payload["n"]))
+            head.running.greenlet.kill(block=False)
+        if when == "before it leads":
+            pass_lead(self, rest)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", kill_head)
+    jobs = GatedBatches(db, batches=4)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=0.05, lease=0.5)
+    jobs.start(worker)
+    wait_for(lambda: len(killed) == 1 and len(jobs.started[2]) >= 4)
+    jobs.release(2)
+    jobs.release(3)
+    wait_for(lambda: db.stats("q").done == 48, timeout=30)
+    with gevent.Timeout(10):
+        worker.stop()
+    assert len(worker._pool) == 0 and worker.active == 0
+    assert [job_of(db, job_id).result for job_id in jobs.ids] == list(range(12)) * 4
+    rerun = [job_id for job_id in jobs.ids if job_of(db, job_id).attempts]
+    if when == "before it leads":
+        assert rerun == [jobs.ids[12 + killed[0]]], "the killed slot's job, and only it"
+    else:  # the second and third chunks' jobs of batch 1 were never recorded
+        assert rerun == jobs.ids[12 + 4 : 24]
+
+
+def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is paused once the first chunk of a split round has started its four
+    jobs: the later chunks (passed on twice) record their outcomes and claim nothing,
+    their slots end; on resume the remaining jobs run, each once."""
+    passes = count_lead_passes(monkeypatch)
+    jobs = GatedBatches(db, batches=4)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+
+    def pause_after_a_chunk(batch: int) -> None:
+        if batch == 2 and len(jobs.started[2]) == 4:
+            worker.pause()
+
+    jobs.on_start = pause_after_a_chunk
+    jobs.start(worker)
+    wait_for(lambda: db.stats("q").done == 24)
+    wait_for(lambda: len(worker._pool) == 4)
+    assert worker.active == 4 and len(jobs.started[2]) == 4
+    assert db.stats("q").running == 4 and passes[0] == 2
+    worker.resume()
+    jobs.finish(worker)
+
+
+def test_an_outcome_refused_in_a_split_round_holds_up_no_other(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses one outcome of a split round's second chunk (a trigger): that
+    round fails, and each slot of it and of the chunk after it records its own job; the
+    others are all recorded, and only the refused job's slot keeps retrying it."""
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    passes = count_lead_passes(monkeypatch)
+    edit(
+        db,
+        "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs"
+        " WHEN NEW.result = '5' AND json_extract(NEW.payload, '$.b') = 1"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    jobs = GatedBatches(db, batches=3)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=0.05)
+    jobs.start(worker)  # job 5 of batch 1 is in the split round's second chunk
+    wait_for(lambda: len(jobs.started[2]) == 11)
+    assert passes[0] == 1  # to the second chunk's leader, with the third chunk
+    # that chunk's outcomes failed together: its four and the third chunk's four alone
+    assert any("and 7 more together" in r.getMessage() for r in caplog.records)
+    jobs.release(2)
+    wait_for(lambda: worker.processed == 35, timeout=30)
+    refused = jobs.ids[12 + 5]
+    assert job_of(db, refused).status == "running"
+    worker.stop(timeout=0.2)
+    assert worker.active == 0 and len(worker._pool) == 0
+    others = [job_id for job_id in jobs.ids if job_id != refused]
+    assert all(job_of(db, job_id).status == "done" for job_id in others)
 
 
 def test_a_transient_database_error_does_not_kill_the_worker(

@@ -17,13 +17,16 @@ class _StopRequested(BaseException):
 
 
 class _Running:
-    __slots__ = ("finishing", "greenlet", "in_handler", "job", "lost", "rowid", "token")
+    __slots__ = (
+        "entered", "finishing", "greenlet", "in_handler", "job", "lost", "rowid", "token"
+    )  # fmt: skip
 
     def __init__(self, job: Job, rowid: int, token: int) -> None:
         self.job = job
         self.rowid = rowid
         self.token = token
         self.in_handler = False
+        self.entered = 0.0  # when its handler was called (perf_counter)
         self.finishing = False
         self.lost = False
         self.greenlet: gevent.Greenlet | None = None

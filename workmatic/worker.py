@@ -22,6 +22,7 @@ import math
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from time import perf_counter
 from typing import Any, TypeVar
 
 import gevent
@@ -115,6 +116,7 @@ class Worker(_Finishing):
         self._lease_ms = max(1, round(self.lease * 1000))
         self._running: dict[int, _Running] = {}
         self._round: _Round | None = None  # the round of finished jobs slots may join
+        self._job_took = math.inf  # a job's share of the last round's statements (s)
         self._pool = gevent.pool.Pool(self.concurrency)
         self._wake = gevent.event.Event()
         self._stopped = gevent.event.Event()
@@ -338,6 +340,7 @@ class Worker(_Finishing):
             assert handler is not None
             timer = gevent.Timeout(self.timeout) if self.timeout is not None else None
             running.in_handler = True
+            running.entered = perf_counter()
             try:
                 if timer is not None:
                     timer.start()
