@@ -1045,11 +1045,10 @@ def test_rounds_of_slots_that_keep_the_database_busy_stay_whole(
 def test_a_slot_killed_when_passed_the_lead_of_a_split_round_leaves_none_waiting(
     db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    """The slot handed the rest of a split round is killed. Before it could lead the next
-    chunk: the next slot still waiting leads in its place, and only the killed slot's job
-    runs again (once its lease expires). While it leads (the kill lands as it yields
-    before its transaction): the slots of its chunk and of the chunk after it are woken
-    with no job and end, and their jobs run again. No slot is left waiting either way."""
+    """The slot handed the rest of a split round is killed, before it could lead the next
+    chunk or while it leads it (the kill lands as it yields before its transaction). The
+    next slot still waiting leads in its place, and records the killed slot's outcome
+    too: no job runs again, and no slot is left waiting."""
     from workmatic import _rounds
 
     killed: list[int] = []
@@ -1078,10 +1077,119 @@ def test_a_slot_killed_when_passed_the_lead_of_a_split_round_leaves_none_waiting
     assert len(worker._pool) == 0 and worker.active == 0
     assert [job_of(db, job_id).result for job_id in jobs.ids] == list(range(12)) * 4
     rerun = [job_id for job_id in jobs.ids if job_of(db, job_id).attempts]
-    if when == "before it leads":
-        assert rerun == [jobs.ids[12 + killed[0]]], "the killed slot's job, and only it"
-    else:  # the second and third chunks' jobs of batch 1 were never recorded
-        assert rerun == jobs.ids[12 + 4 : 24]
+    assert rerun == []
+
+
+def test_slots_waiting_for_a_later_chunk_keep_their_leases(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each chunk of a split round is passed on 0.7 s late (simulated), so the slots left
+    for later chunks wait longer than the 0.5 s lease: their claims are renewed meanwhile,
+    so every outcome is recorded and no job runs again."""
+    from workmatic import _rounds
+
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    pass_lead = _rounds._Finishing._pass_lead
+    delayed = [0]
+
+    def late(self: Any, rest: Any) -> None:
+        delayed[0] += 1
+        gevent.spawn_later(0.7, pass_lead, self, rest)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", late)
+    jobs = GatedBatches(db, batches=4)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=60, lease=0.5)
+    jobs.start(worker)
+    jobs.finish(worker)  # every job done once (attempts 0)
+    assert delayed[0] >= 2
+    assert not [r for r in caplog.records if "lease" in r.getMessage()]
+
+
+def test_a_leader_killed_while_its_write_is_queued_records_every_outcome_and_claims_none(
+    db: workmatic.Database,
+) -> None:
+    """A round's leader is killed while its write waits for the writer: the slots that
+    joined it are woken with no job and end; the write then runs all the same, whole (not
+    split): it records all twelve outcomes and claims no job for slots that are gone (a
+    claim nobody would run, left to expire). The pump starts new slots, and every job is
+    done once."""
+    jobs = GatedBatches(db, batches=3)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=0.05)
+    worker.start()
+    wait_for(lambda: len(jobs.started[0]) == 12)
+    jobs.release(0)
+    wait_for(lambda: len(jobs.started[1]) == 12)
+    writer = db._writer()
+    assert writer.hold(5)  # the writer busy: the next round's write queues
+    try:
+        jobs.release(1)
+        wait_for(lambda: worker._round is not None and len(worker._round.joined) == 11)
+        gevent.sleep(0)  # the leader queues its write (it yielded once to let them join)
+        leader = worker._round.running.greenlet
+        assert leader is not None
+        leader.kill(block=True)
+    finally:
+        writer.release()
+    wait_for(lambda: db.stats("q").done == 24)
+    # The pump claims batch 2 for new slots at once; had the dead round's write claimed
+    # it, it would wait for its leases (30 s) to expire, and run with an attempt counted.
+    wait_for(lambda: len(jobs.started[2]) == 12)
+    jobs.finish(worker)
+
+
+def test_a_round_of_jobs_released_without_running_is_not_split(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is paused as a round hands its slots their next jobs: the first starts
+    its job, the other eleven release theirs without running a handler. Their round is
+    one commit, not split (no handler ran long), and on resume every job runs once."""
+    passes = count_lead_passes(monkeypatch)
+    jobs = GatedBatches(db, batches=3)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+    jobs.on_start = lambda batch: worker.pause() if batch == 1 else None
+    worker.start()
+    wait_for(lambda: len(jobs.started[0]) == 12)
+    jobs.release(0)
+    wait_for(lambda: len(worker._pool) == 1)
+    assert db.stats("q").ready == 11 + 12 and passes[0] == 0
+    jobs.on_start = lambda batch: None
+    worker.resume()
+    wait_for(lambda: len(jobs.started[1]) == 12)
+    jobs.release(1)
+    jobs.finish(worker)
+
+
+def test_no_round_is_split_while_another_process_contends_for_the_lock(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add meets another process's lock (it waits until the lock is released). For
+    the next SPLIT_UNCONTENDED seconds (0.3 here) no round is split, even of slots back
+    from long handlers: each chunk would take the lock anew. After that, rounds split
+    again."""
+    from workmatic import _rounds
+
+    monkeypatch.setattr(_rounds, "SPLIT_UNCONTENDED", 0.3)
+    passes = count_lead_passes(monkeypatch)
+    with workmatic.create_database(db_path) as db:
+        jobs = GatedBatches(db, batches=5)
+        worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+        worker.start()
+        wait_for(lambda: len(jobs.started[0]) == 12)
+        jobs.release(0)  # the first round: whole
+        wait_for(lambda: len(jobs.started[1]) == 12)
+        holder = LockHolder(db_path)
+        added = gevent.spawn(workmatic.create_client(db, "other").add, {})
+        wait_for(lambda: db._writer().contended > 0)  # the add met the lock
+        holder.release()
+        added.get(timeout=10)
+        jobs.release(1)  # handlers ran long, but the lock was contended just now
+        wait_for(lambda: len(jobs.started[2]) == 12)
+        assert len(set(jobs.started[2])) == 1 and passes[0] == 0, "one commit: whole"
+        gevent.sleep(0.3)
+        jobs.release(2)
+        wait_for(lambda: len(jobs.started[3]) == 12)
+        assert len(set(jobs.started[3])) == 3 and passes[0] == 2, "split in three chunks"
+        jobs.finish(worker)
 
 
 def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(
@@ -1112,8 +1220,9 @@ def test_an_outcome_refused_in_a_split_round_holds_up_no_other(
     db: workmatic.Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The database refuses one outcome of a split round's second chunk (a trigger): that
-    round fails, and each slot of it and of the chunk after it records its own job; the
-    others are all recorded, and only the refused job's slot keeps retrying it."""
+    chunk's round fails, and each of its slots records its own job, while the third chunk
+    is passed on and recorded as a round; every other outcome is recorded, and only the
+    refused job's slot keeps retrying it."""
     caplog.set_level(logging.WARNING, logger="workmatic")
     passes = count_lead_passes(monkeypatch)
     edit(
@@ -1126,9 +1235,10 @@ def test_an_outcome_refused_in_a_split_round_holds_up_no_other(
     worker = make(db, jobs.handler, concurrency=12, poll_interval=0.05)
     jobs.start(worker)  # job 5 of batch 1 is in the split round's second chunk
     wait_for(lambda: len(jobs.started[2]) == 11)
-    assert passes[0] == 1  # to the second chunk's leader, with the third chunk
-    # that chunk's outcomes failed together: its four and the third chunk's four alone
-    assert any("and 7 more together" in r.getMessage() for r in caplog.records)
+    # that chunk's four outcomes failed together, and each records its own; the third
+    # chunk goes on as a round of its own
+    assert any("and 3 more together" in r.getMessage() for r in caplog.records)
+    assert passes[0] == 2
     jobs.release(2)
     wait_for(lambda: worker.processed == 35, timeout=30)
     refused = jobs.ids[12 + 5]

@@ -11,7 +11,9 @@ A big round whose slots spent far longer in their handlers than its transaction 
 take (handlers that wait on I/O) is *split*: it records the first :data:`SPLIT_CHUNK`
 slots' jobs, and as it hands them their next jobs it passes the rest (:class:`_Lead`) to
 the first slot still waiting, which leads a round of the next chunk once those have
-started. Slots that
+started (the claims of the slots still waiting are renewed meanwhile). A chunk whose
+transaction starts late (another process's lock, a busy hub) records all the slots left
+at once, as a whole round would. Slots that
 return together otherwise wait for the whole round (64 slots: ~1.5 ms) before any starts,
 and start together again, in lockstep; split, each waits for its own chunk, and their
 next returns spread out. (I/O-bound jobs, ``gevent.sleep(0.01)`` at concurrency 64:
@@ -56,8 +58,15 @@ SPLIT_CHUNK = 4
 
 #: A round is split when its first slot's handler ran more than this many times as long
 #: as the round's statements should take (at the cost a job of this worker's previous
-#: round): then slots spend their time in handlers, not waiting for the database.
+#: round): then slots spend their time in handlers, not waiting for the database. Not
+#: when its transaction starts later than that after it opened (or after the rest of a
+#: split round was passed on): then it records every slot left.
 SPLIT_AFTER = 4.0
+
+#: Nor while other connections contend for the write lock: when a transaction of this
+#: thread found it taken within this many seconds. (Each chunk takes the lock anew; four
+#: worker processes at concurrency 64 ran ~25 % slower split.)
+SPLIT_UNCONTENDED = 1.0
 
 
 class _Turn(Pending):
@@ -76,12 +85,14 @@ class _Turn(Pending):
 
 class _Lead:
     """What a slot waiting in a split round is handed instead of its next job: lead a
-    round that records the next chunk of ``rest`` (this slot's job first)."""
+    round that records the next chunk of ``rest`` (this slot's job first); ``passed``:
+    when (perf_counter)."""
 
-    __slots__ = ("rest",)
+    __slots__ = ("passed", "rest")
 
-    def __init__(self, rest: list[_Turn]) -> None:
+    def __init__(self, rest: list[_Turn], passed: float) -> None:
         self.rest = rest
+        self.passed = passed
 
 
 class _Round:
@@ -90,16 +101,21 @@ class _Round:
     (until its transaction starts). Split, the joined slots past the first chunk wait in
     ``rest`` for the rounds that follow."""
 
-    __slots__ = ("handed_out", "joined", "open", "opened", "outcome", "rest", "running")
+    __slots__ = (
+        "chained", "handed_out", "joined", "open", "opened", "outcome", "rest", "running",
+        "write",
+    )  # fmt: skip
 
-    def __init__(self, running: _Running, outcome: _sql.Outcome, opened: float = 0.0) -> None:
-        self.opened = opened  # when its first slot returned (perf_counter; 0: never split)
+    def __init__(self, running: _Running, outcome: _sql.Outcome, opened: float) -> None:
+        self.opened = opened  # when its first slot returned, or its lead was passed
+        self.chained = False  # it records the rest of a split round
         self.running = running
         self.outcome = outcome
         self.joined: list[_Turn] = []
         self.rest: list[_Turn] = []
         self.open = True
         self.handed_out = False  # the joined slots have their next jobs
+        self.write: Request | None = None  # its write, once queued for the writer
 
     def close(self, worker: _Finishing) -> None:
         """No slot joins from now on; a slot that finishes later starts the next round."""
@@ -108,9 +124,8 @@ class _Round:
             worker._round = None
 
     def jobs(self) -> list[_Running]:
-        """The claims of the round's slots (the leader's first), those left for the rounds
-        that follow a split included."""
-        return [self.running, *(turn.running for turn in self.joined + self.rest)]
+        """The claims the round records: the leader's first."""
+        return [self.running, *(turn.running for turn in self.joined)]
 
 
 class _RoundWrite(Request):
@@ -129,7 +144,10 @@ class _RoundWrite(Request):
 
     def set(self, ok: bool, value: Any) -> None:
         if ok:
-            self.worker._hand_out(self.round, value)
+            if self.round.handed_out:  # its leader ended first: its slots have gone on
+                self.worker._count_outcomes(self.round, value[0])
+            else:
+                self.worker._hand_out(self.round, value)
         super().set(ok, value)
 
 
@@ -140,24 +158,46 @@ def _record_round(
     was still held, in order) and claim a next job for each slot (the leader's first).
     Closed as it starts, the round keeps its slots if the writer runs it again (alone,
     after a batch it shared failed). A big round of slots back from long handlers records
-    its first chunk only (split: see the module's docstring)."""
+    its first chunk only (split: see the module's docstring). No job is claimed for a
+    slot that ended, nor for any once the leader ended (its slots were woken with none)."""
     round_.close(worker)
     started = time.perf_counter()
     joined = round_.joined
-    if (
-        len(joined) >= SPLIT_CHUNK
-        and round_.opened - round_.running.entered > SPLIT_AFTER * worker._job_took * len(joined)
-    ):
-        round_.rest = joined[SPLIT_CHUNK - 1 :] + round_.rest
-        del joined[SPLIT_CHUNK - 1 :]
+    want = 0
+    if not round_.handed_out:
+        if round_.chained:  # recorded now, unless left for the next chunk again
+            for turn in joined:
+                turn.running.finishing = True
+        if len(joined) >= SPLIT_CHUNK:
+            _split(worker, round_, started)
+        want = 1 + [turn.gone for turn in joined].count(False)
     outcomes = [round_.outcome, *[turn.outcome for turn in joined]]
     held = _sql.finish_many(conn, outcomes)
     rows: list[tuple[Any, ...]] = []
-    if not (worker._stopping or worker._paused):
+    if want and not (worker._stopping or worker._paused):
         now = now_ms()
-        rows = _sql.claim(conn, worker.queue, len(outcomes), now, now + worker._lease_ms)
+        rows = _sql.claim(conn, worker.queue, want, now, now + worker._lease_ms)
     worker._job_took = (time.perf_counter() - started) / len(outcomes)
     return held, rows
+
+
+def _split(worker: _Finishing, round_: _Round, started: float) -> None:
+    """Keep the first chunk of a round's joined slots, the others waiting in ``rest``
+    (their claims renewed meanwhile): see the module's docstring."""
+    joined = round_.joined
+    expected = SPLIT_AFTER * worker._job_took * len(joined)
+    if started - round_.opened > expected:
+        return  # late: another process's lock, or a busy hub; record every slot now
+    if started - worker.db._writer().contended < SPLIT_UNCONTENDED:
+        return  # other connections write too: one lock for the whole round
+    if not round_.chained:
+        entered = round_.running.entered
+        if not entered or round_.opened - entered <= expected:
+            return  # no handler ran, or one that returned soon: the slots wait for the db
+    round_.rest = joined[SPLIT_CHUNK - 1 :]
+    del joined[SPLIT_CHUNK - 1 :]
+    for turn in round_.rest:
+        turn.running.finishing = False  # the renewer keeps their leases while they wait
 
 
 class _Finishing:
@@ -218,24 +258,34 @@ class _Finishing:
             if results is NOT_RUN:  # given up (logged): the jobs stay claimed
                 for job in round_.jobs():
                     self._untrack(job)
+                round_.handed_out = True
+                self._release_slots(round_)
                 return None
             if results is _ALONE:  # the round failed whole: each slot records its own job
                 round_.handed_out = True
-                for turn in round_.joined + round_.rest:
+                for turn in round_.joined:
                     turn.set(True, _ALONE)
+                self._pass_rest(round_)
                 return self._finish_alone(running, outcome)
             self._hand_out(round_, results)  # if it ran alone (else _RoundWrite did)
             held, rows = results
             return self._settle(running, outcome[0], held[0], rows[0] if rows else None)
         finally:
-            # Whatever happened (this greenlet killed, say), no slot joins the round from
-            # now on and none of it is left waiting: those not handed a job yet get none.
-            # Should the write still commit (it was queued), the jobs it claims are left
-            # untracked, never renewed: they run again once their leases expire.
+            # Ended by an exception (this greenlet killed, say): no slot joins the round
+            # from now on and none of it is left waiting. If its write is queued, it runs
+            # all the same, records their outcomes and claims no job: they are woken with
+            # none (the rest of a split round goes on). If not, they are passed on, with
+            # this slot's own outcome, to the first still waiting, which leads them.
             round_.close(self)
             if not round_.handed_out:
                 round_.handed_out = True
-                self._release_slots(round_)
+                if round_.write is not None and not round_.write.done:
+                    self._release_slots(round_)
+                else:
+                    mine = _Turn(running, outcome)
+                    mine.gone = True
+                    self._pass_lead([mine, *round_.joined, *round_.rest])
+                    round_.rest = []
 
     def _join(self, round_: _Round, running: _Running, outcome: _sql.Outcome) -> _Running | None:
         """Join an open round and wait for the leader to hand over this slot's next job."""
@@ -254,16 +304,17 @@ class _Finishing:
             turn.gone = True
             if isinstance(turn.value, _Running):
                 self._untrack(turn.value)
-            elif isinstance(turn.value, _Lead):  # the next to wait leads in its place
-                self._pass_lead(turn.value.rest)
+            elif isinstance(turn.value, _Lead):  # the next to wait leads, recording this one
+                self._pass_lead([turn, *turn.value.rest])
             raise
         if following is _ALONE:
             return self._finish_alone(running, outcome)
         if type(following) is _Lead:  # lead the next chunk of a split round
-            round_ = _Round(running, outcome)
+            running.finishing = True
+            round_ = _Round(running, outcome, following.passed)
             round_.open = False
-            round_.joined = following.rest[: SPLIT_CHUNK - 1]
-            round_.rest = following.rest[SPLIT_CHUNK - 1 :]
+            round_.chained = True
+            round_.joined = following.rest  # split again as its transaction starts
             return self._lead(round_)
         return following  # type: ignore[no-any-return]
 
@@ -273,8 +324,15 @@ class _Finishing:
         Woken after the slots handed jobs, it leads once they have started."""
         for index, turn in enumerate(rest):
             if not turn.gone:
-                turn.set(True, _Lead([*rest[:index], *rest[index + 1 :]]))
+                turn.set(True, _Lead([*rest[:index], *rest[index + 1 :]], time.perf_counter()))
                 return
+
+    def _pass_rest(self, round_: _Round) -> None:
+        """Pass on the rest of a split round, if any (once)."""
+        rest = round_.rest
+        if rest:
+            round_.rest = []
+            self._pass_lead(rest)
 
     def _finish_alone(self, running: _Running, outcome: _sql.Outcome) -> _Running | None:
         """Record one outcome and claim this slot's next job in a write of its own."""
@@ -301,7 +359,10 @@ class _Finishing:
         claimed = len(rows)
         tracked = self._running
         try:
-            # _settle() for each slot, inlined (this runs for every job of a round).
+            # _settle() for each slot, inlined (this runs for every job of a round). The
+            # rows claimed go to the slots still waiting, in order (none was claimed for a
+            # slot that had ended; one claimed for a slot that ended since is left).
+            next_row = 1
             for index, turn in enumerate(round_.joined, 1):
                 running = turn.running
                 if tracked.get(running.rowid) is running:
@@ -311,14 +372,12 @@ class _Finishing:
                 elif turn.outcome[0] == "done":
                     self.processed += 1
                 following = None
-                if index < claimed and not turn.gone:
-                    row = rows[index]
+                if next_row < claimed and not turn.gone:
+                    row = rows[next_row]
+                    next_row += 1
                     following = tracked[row[0]] = _Running(claimed_job(row), row[0], row[15])
                 turn.set(True, following)
-            if round_.rest:
-                rest = round_.rest
-                round_.rest = []
-                self._pass_lead(rest)
+            self._pass_rest(round_)
         except Exception:
             log.exception("worker %s: handing out the next jobs of a round failed", self.id)
             self._release_slots(round_)
@@ -326,13 +385,24 @@ class _Finishing:
             self._release_slots(round_)
             raise
 
+    def _count_outcomes(self, round_: _Round, held: list[bool]) -> None:
+        """Count (or report as lost) the outcomes of a round whose slots were woken with no
+        job before its write ran."""
+        outcomes = [round_.outcome, *(turn.outcome for turn in round_.joined)]
+        for running, outcome, ok in zip(round_.jobs(), outcomes, held, strict=True):
+            if not ok:
+                self._lost_outcome(running, outcome[0])
+            elif outcome[0] == "done":
+                self.processed += 1
+
     def _release_slots(self, round_: _Round) -> None:
-        """Wake the slots that joined a round and were not handed a job yet (those left for
-        the rounds that follow a split included), with none."""
-        for turn in round_.joined + round_.rest:
+        """Wake the slots that joined a round and were not handed a job yet, with none;
+        pass on the rest of a split round (not part of this round's write)."""
+        for turn in round_.joined:
             if not turn.done:
                 self._untrack(turn.running)
                 turn.set(True, None)
+        self._pass_rest(round_)
 
     def _record(self, fn: Callable[..., Any], args: tuple[Any, ...], jobs: Any) -> Any:
         """Run a write that records outcomes, retrying while the database fails; return
@@ -357,6 +427,7 @@ class _Finishing:
                 if value is NOT_RUN:
                     if isinstance(jobs, _Round):
                         request: Request = _RoundWrite(self, jobs)
+                        jobs.write = request
                     else:
                         request = self.db._request(fn, args, False, False)
                     try:

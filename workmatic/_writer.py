@@ -19,6 +19,7 @@ other greenlets meanwhile.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,9 @@ class Writer:
         libev = type(loop).__module__.startswith("gevent.libev")
         self.runnable: Any = getattr(loop, "_callbacks", None) if libev else None
         self.turned = 0.0  # when a leader last let the event loop take a full turn
+        # When a transaction of this writer last found the lock taken by another
+        # connection (perf_counter): a worker splits no round while others contend.
+        self.contended = -math.inf
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = "workmatic-writer"
 
@@ -285,6 +289,7 @@ class Writer:
                 except conn.errors as exc:  # SQLite rolled the statement back
                     _sql.discard_counts(raw)
                     if _driver.is_busy(exc):
+                        self.contended = time.perf_counter()
                         return NOT_RUN
                     raise self.db._translate(exc) from exc
                 if value is not None:
@@ -294,6 +299,7 @@ class Writer:
                     raw.execute("BEGIN IMMEDIATE")
                 except conn.errors as exc:
                     if _driver.is_busy(exc):
+                        self.contended = time.perf_counter()
                         return NOT_RUN
                     raise self.db._translate(exc) from exc
                 try:
@@ -462,6 +468,7 @@ class Writer:
                     if not _driver.is_busy(exc):
                         error = self.db._translate(exc)
                         return [(False, error)] * len(batch)
+                    self.contended = time.perf_counter()
                     if lead:
                         return NOT_RUN
                 else:
