@@ -1192,6 +1192,36 @@ def test_no_round_is_split_while_another_process_contends_for_the_lock(
         jobs.finish(worker)
 
 
+def test_a_chunk_that_starts_late_records_every_slot_left(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub is busy for 50 ms (simulated: a blocking sleep) just after the first chunk
+    of a split round passes the rest on: the next chunk's transaction starts late, so it
+    records all eight slots left at once, as a whole round would, instead of in two more
+    chunks."""
+    import time as real_time
+
+    from workmatic import _rounds
+
+    passes = [0]
+    pass_lead = _rounds._Finishing._pass_lead
+
+    def then_busy(self: Any, rest: Any) -> None:
+        passes[0] += 1
+        pass_lead(self, rest)
+        real_time.sleep(0.05)  # the hub busy elsewhere (a CPU-bound handler, say)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", then_busy)
+    jobs = GatedBatches(db, batches=4)
+    worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+    jobs.start(worker)
+    wait_for(lambda: len(jobs.started[2]) == 12)
+    first = jobs.started[2][0]
+    assert jobs.started[2] == [first] * 4 + [first + 1] * 8
+    assert passes[0] == 1
+    jobs.finish(worker)
+
+
 def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(
     db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
