@@ -102,8 +102,8 @@ class _Round:
     ``rest`` for the rounds that follow."""
 
     __slots__ = (
-        "chained", "handed_out", "joined", "open", "opened", "outcome", "rest", "running",
-        "write",
+        "chained", "handed_out", "joined", "open", "opened", "outcome", "queued", "rest",
+        "running",
     )  # fmt: skip
 
     def __init__(self, running: _Running, outcome: _sql.Outcome, opened: float) -> None:
@@ -115,7 +115,10 @@ class _Round:
         self.rest: list[_Turn] = []
         self.open = True
         self.handed_out = False  # the joined slots have their next jobs
-        self.write: Request | None = None  # its write, once queued for the writer
+        # Its write is queued for the writer (it runs all the same). A flag, not the
+        # request: a reference cycle kept every round alive until the cyclic GC ran
+        # (-12 % to -20 % at concurrency 64).
+        self.queued = False
 
     def close(self, worker: _Finishing) -> None:
         """No slot joins from now on; a slot that finishes later starts the next round."""
@@ -143,6 +146,7 @@ class _RoundWrite(Request):
         self.round = round_
 
     def set(self, ok: bool, value: Any) -> None:
+        self.round.queued = False
         if ok:
             if self.round.handed_out:  # its leader ended first: its slots have gone on
                 self.worker._count_outcomes(self.round, value[0])
@@ -279,7 +283,7 @@ class _Finishing:
             round_.close(self)
             if not round_.handed_out:
                 round_.handed_out = True
-                if round_.write is not None and not round_.write.done:
+                if round_.queued:
                     self._release_slots(round_)
                 else:
                     mine = _Turn(running, outcome)
@@ -427,7 +431,7 @@ class _Finishing:
                 if value is NOT_RUN:
                     if isinstance(jobs, _Round):
                         request: Request = _RoundWrite(self, jobs)
-                        jobs.write = request
+                        jobs.queued = True
                     else:
                         request = self.db._request(fn, args, False, False)
                     try:
