@@ -1228,6 +1228,18 @@ def test_a_chunk_that_starts_late_records_every_slot_left(
     jobs.finish(worker)
 
 
+def test_no_round_is_split_at_full_durability(db_path: str) -> None:
+    """At durability="full" every commit fsyncs on the hub's thread: rounds stay whole,
+    even of slots back from long handlers."""
+    with workmatic.create_database(db_path, durability="full") as db:
+        jobs = GatedBatches(db, batches=4)
+        worker = make(db, jobs.handler, concurrency=12, poll_interval=60)
+        jobs.start(worker)
+        wait_for(lambda: len(jobs.started[2]) == 12)
+        assert len(set(jobs.started[2])) == 1, "one commit: whole"
+        jobs.finish(worker)
+
+
 def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(
     db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
