@@ -941,16 +941,17 @@ def test_a_bug_handing_out_a_rounds_next_jobs_leaves_no_slot_waiting(
 
 
 class GatedBatches:
-    """Batches of twelve jobs, added in order, for a worker of twelve slots: each of its
-    rounds claims the next batch. A job's handler records the writer's commit count as it
+    """Batches of ``size`` jobs (12), added in order, for a worker of as many slots: each
+    of its rounds claims the next batch. A job's handler records the writer's commit count as it
     starts, waits for its batch's gate, and returns its ``n``. A batch's handlers return
     together (``release``) after running for 50 ms: handlers that wait on I/O, for far
     longer than a round takes."""
 
-    def __init__(self, db: workmatic.Database, batches: int) -> None:
+    def __init__(self, db: workmatic.Database, batches: int, size: int = 12) -> None:
         self.db = db
+        self.size = size
         client = workmatic.create_client(db, "q")
-        self.ids = [client.add({"b": b, "n": n}) for b in range(batches) for n in range(12)]
+        self.ids = [client.add({"b": b, "n": n}) for b in range(batches) for n in range(size)]
         self.gates = [gevent.event.Event() for _ in range(batches)]
         self.started: list[list[int]] = [[] for _ in range(batches)]
         self.on_start: Callable[[int], None] = lambda batch: None
@@ -967,24 +968,24 @@ class GatedBatches:
         self.gates[batch].set()
 
     def start(self, worker: workmatic.Worker) -> None:
-        """Start ``worker`` (12 slots) and let batches 0 and 1 return: its first round
+        """Start ``worker`` (``size`` slots) and let batches 0 and 1 return: its first round
         (whole: it has no measure of a round's cost yet) claims batch 1; its second,
         split, records batch 1 and claims batch 2."""
         worker.start()
-        wait_for(lambda: len(self.started[0]) == 12)
+        wait_for(lambda: len(self.started[0]) == self.size)
         self.release(0)
-        wait_for(lambda: len(self.started[1]) == 12)
+        wait_for(lambda: len(self.started[1]) == self.size)
         self.release(1)
 
     def finish(self, worker: workmatic.Worker) -> None:
         """Let the other batches return as they start; check every job was done once."""
         for batch in range(2, len(self.gates)):
-            wait_for(lambda: len(self.started[batch]) == 12)  # noqa: B023 (called at once)
+            wait_for(lambda: len(self.started[batch]) == self.size)  # noqa: B023 (called at once)
             self.release(batch)
         wait_for(lambda: worker.processed == len(self.ids), timeout=30)
         worker.stop()
         results = [job_of(self.db, job_id).result for job_id in self.ids]
-        assert results == list(range(12)) * len(self.gates)
+        assert results == list(range(self.size)) * len(self.gates)
         assert all(job_of(self.db, job_id).attempts == 0 for job_id in self.ids)
 
 
@@ -1238,6 +1239,97 @@ def test_no_round_is_split_at_full_durability(db_path: str) -> None:
         wait_for(lambda: len(jobs.started[2]) == 12)
         assert len(set(jobs.started[2])) == 1, "one commit: whole"
         jobs.finish(worker)
+
+
+def test_a_job_claimed_again_while_its_old_lease_is_renewed_keeps_its_new_lease(
+    db_path: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Job X fails and is retried at once. Its slot waits in a split round (its claim
+    renewed meanwhile) while another connection holds the lock, so the renewal of X's
+    old claim queues behind the round's write. That write records the failure and claims
+    X again, for a slot; the renewal of the old claim then fails. The renewer must not
+    take the new claim, under the same row, for lost: renewed, X's second run (longer
+    than the lease) is not reaped, and X never runs twice at once."""
+    from workmatic import _rounds
+    from workmatic._driver import sqlite
+
+    caplog.set_level(logging.WARNING, logger="workmatic")
+    other = sqlite.connect(db_path, isolation_level=None, timeout=0, check_same_thread=False)
+    pass_lead = _rounds._Finishing._pass_lead
+    locked: list[bool] = []
+
+    def lock_as_the_rest_waits(self: Any, rest: Any) -> None:
+        if not locked:
+            locked.append(True)
+            other.execute("BEGIN IMMEDIATE")  # another writer, for 0.5 s (> lease / 3)
+            gevent.spawn_later(0.5, other.execute, "COMMIT")
+        pass_lead(self, rest)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", lock_as_the_rest_waits)
+    live: list[int] = []
+    overlapped: list[int] = []
+    gates = [gevent.event.Event(), gevent.event.Event()]
+
+    def handler(job: workmatic.Job) -> None:
+        b, n = job.payload["b"], job.payload["n"]
+        if (b, n) != (1, 7) or job.attempts == 0:
+            gates[b].wait()
+            if (b, n) == (1, 7):  # X: the last of batch 1 to return
+                raise RuntimeError("X fails once; retried at once")
+            return
+        if live:
+            overlapped.append(job.attempts)
+        live.append(job.attempts)
+        try:
+            gevent.sleep(1.5)  # X's second run: longer than the 0.6 s lease
+        finally:
+            live.remove(job.attempts)
+
+    with workmatic.create_database(db_path) as db:
+        client = workmatic.create_client(db, "q")
+        ids = [client.add({"b": b, "n": n}) for b in range(2) for n in range(8)]
+        worker = make(db, handler, concurrency=8, poll_interval=0.05, lease=0.6)
+        worker.backoff = lambda attempts: 0
+        worker.start()
+        wait_for(lambda: worker.active == 8)
+        gevent.sleep(0.05)  # the workload: handlers busy for 50 ms
+        gates[0].set()  # the first round: whole
+        wait_for(lambda: db.stats("q").done == 8 and worker.active == 8)
+        gevent.sleep(0.05)  # handlers that ran long: the next round splits
+        gates[1].set()
+        wait_for(lambda: db.stats("q").done == 16, timeout=30)
+        worker.stop()
+        x = job_of(db, ids[-1])
+    other.close()
+    assert locked and not overlapped
+    assert x.attempts == 1, "X failed once, and was never reaped"
+    assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]
+
+
+def test_the_last_slot_of_a_split_round_killed_as_it_is_passed_the_lead_is_recorded(
+    db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five slots: the split round's first chunk records four, and the fifth, the only one
+    left, is killed as it is handed the lead. With no slot left to lead, its outcome is
+    recorded all the same (in a write of its own): no job runs again."""
+    from workmatic import _rounds
+
+    killed: list[int] = []
+    pass_lead = _rounds._Finishing._pass_lead
+
+    def kill_head(self: Any, rest: list[Any]) -> None:
+        if not killed and len(rest) == 1 and not rest[0].gone:
+            killed.append(int(rest[0].running.job.payload["n"]))
+            rest[0].running.greenlet.kill(block=False)  # lands before it runs
+        pass_lead(self, rest)
+
+    monkeypatch.setattr(_rounds._Finishing, "_pass_lead", kill_head)
+    jobs = GatedBatches(db, batches=4, size=5)
+    worker = make(db, jobs.handler, concurrency=5, poll_interval=0.05)
+    jobs.start(worker)
+    wait_for(lambda: len(killed) == 1 and db.stats("q").done == 10)
+    jobs.finish(worker)  # every job done once: none ran again
+    assert len(worker._pool) == 0
 
 
 def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from . import _sql
 from ._rows import claimed_job
 from ._slots import _Running, _sleep_shielded, _StopRequested, _wait_shielded
@@ -59,9 +61,9 @@ SPLIT_CHUNK = 4
 
 #: A round is split when its first slot's handler ran more than this many times as long
 #: as the round's statements should take (at the cost a job of this worker's previous
-#: round): then slots spend their time in handlers, not waiting for the database. Not
-#: when its transaction starts later than that after it opened (or after the rest of a
-#: split round was passed on): then it records every slot left.
+#: round): then slots spend their time in handlers, not waiting for the database. A
+#: chunk whose transaction starts later than that after the rest of a split round was
+#: passed on records every slot left.
 SPLIT_AFTER = 4.0
 
 #: Nor while other connections contend for the write lock: when a transaction of this
@@ -150,7 +152,9 @@ class _RoundWrite(Request):
         self.round.queued = False
         if ok:
             if self.round.handed_out:  # its leader ended first: its slots have gone on
-                self.worker._count_outcomes(self.round, value[0])
+                round_ = self.round
+                outcomes = [round_.outcome, *(turn.outcome for turn in round_.joined)]
+                self.worker._count_outcomes(round_.jobs(), outcomes, value[0])
             else:
                 self.worker._hand_out(self.round, value)
         super().set(ok, value)
@@ -194,13 +198,14 @@ def _split(worker: _Finishing, round_: _Round, started: float) -> None:
         # its WAL frames with them (the I/O-bound row stalled the hub 93 and 140 ms, once
         # in five repetitions in each of two runs; whole, at most 5.5 ms).
         return
-    joined = round_.joined
-    expected = SPLIT_AFTER * worker._job_took * len(joined)
-    if started - round_.opened > expected:
-        return  # late: another process's lock, or a busy hub; record every slot now
     if started - worker.db._writer().contended < SPLIT_UNCONTENDED:
         return  # other connections write too: one lock for the whole round
-    if not round_.chained:
+    joined = round_.joined
+    expected = SPLIT_AFTER * worker._job_took * len(joined)
+    if round_.chained:
+        if started - round_.opened > expected:
+            return  # late (another process's lock, a busy hub): record every slot now
+    else:  # (its slots' own work after their handlers, a traceback say, delays it)
         entered = round_.running.entered
         if not entered or round_.opened - entered <= expected:
             return  # no handler ran, or one that returned soon: the slots wait for the db
@@ -273,8 +278,11 @@ class _Finishing:
                 return None
             if results is _ALONE:  # the round failed whole: each slot records its own job
                 round_.handed_out = True
+                gone = [turn for turn in round_.joined if turn.gone]
                 for turn in round_.joined:
                     turn.set(True, _ALONE)
+                if gone:  # ended meanwhile: nobody else records theirs
+                    gevent.spawn(self._record_gone, gone)
                 self._pass_rest(round_)
                 return self._finish_alone(running, outcome)
             self._hand_out(round_, results)  # if it ran alone (else _RoundWrite did)
@@ -336,6 +344,24 @@ class _Finishing:
             if not turn.gone:
                 turn.set(True, _Lead([*rest[:index], *rest[index + 1 :]], time.perf_counter()))
                 return
+        if rest:  # every one of them ended: nobody left to lead
+            gevent.spawn(self._record_gone, rest)
+
+    def _record_gone(self, turns: list[_Turn]) -> None:
+        """Record the outcomes of slots that ended with no slot left to record them (each
+        in a write of its own, claiming nothing), in a greenlet of its own: the caller may
+        be ending. If the database fails, they run again once their leases expire."""
+        for turn in turns:
+            try:
+                held = self.db._write(_sql.finish_many, [turn.outcome])
+            except DatabaseError as exc:
+                log.warning(
+                    "worker %s: job %s was not recorded (%s); it runs again once its lease"
+                    " expires",
+                    self.id, turn.running.job.id, exc,
+                )  # fmt: skip
+                continue
+            self._count_outcomes([turn.running], [turn.outcome], held)
 
     def _pass_rest(self, round_: _Round) -> None:
         """Pass on the rest of a split round, if any (once)."""
@@ -395,11 +421,13 @@ class _Finishing:
             self._release_slots(round_)
             raise
 
-    def _count_outcomes(self, round_: _Round, held: list[bool]) -> None:
-        """Count (or report as lost) the outcomes of a round whose slots were woken with no
-        job before its write ran."""
-        outcomes = [round_.outcome, *(turn.outcome for turn in round_.joined)]
-        for running, outcome, ok in zip(round_.jobs(), outcomes, held, strict=True):
+    def _count_outcomes(
+        self, claims: list[_Running], outcomes: list[_sql.Outcome], held: list[bool]
+    ) -> None:
+        """Count (or report as lost) outcomes recorded for slots that no longer wait: those
+        of a round whose slots were woken with no job before its write ran, or of slots
+        that ended."""
+        for running, outcome, ok in zip(claims, outcomes, held, strict=True):
             if not ok:
                 self._lost_outcome(running, outcome[0])
             elif outcome[0] == "done":

@@ -408,11 +408,11 @@ class Worker(_Finishing):
         interval = max(0.01, self.lease / 3)
         while True:
             gevent.sleep(interval)
-            leases = [
-                (r.rowid, r.token) for r in self._running.values() if not (r.lost or r.finishing)
-            ]
-            if not leases:
+            sent = [r for r in self._running.values() if not (r.lost or r.finishing)]
+            if not sent:
                 continue
+            leases = [(r.rowid, r.token) for r in sent]
+            claims = {r.rowid: r for r in sent}
             try:
                 now = now_ms()
                 lost = self.db._write(_sql.renew_and_reap, self.queue, leases, now, self._lease_ms)
@@ -421,7 +421,9 @@ class Worker(_Finishing):
                 continue
             for rowid in lost:
                 running = self._running.get(rowid)
-                if running is not None and not (running.lost or running.finishing):
+                # Only the claim renewed: while the renewal waited for the lock, its job
+                # may have been recorded and claimed again (retried at once), a new claim.
+                if running is claims[rowid] and not (running.lost or running.finishing):
                     running.lost = True
                     log.warning("worker %s: lost the lease of job %s", self.id, running.job.id)
 
