@@ -1332,6 +1332,33 @@ def test_the_last_slot_of_a_split_round_killed_as_it_is_passed_the_lead_is_recor
     assert len(worker._pool) == 0
 
 
+def test_a_slot_that_ended_in_a_round_that_fails_whole_has_its_outcome_recorded(
+    db_path: str,
+) -> None:
+    """Four jobs finish together while another process holds the lock, and one of their
+    slots is killed as it waits. The round's write then fails as a whole (the database
+    refuses job 1's result): each slot records its own job, and the job of the slot that
+    ended is recorded too, by a write of its own, not left until its 30 s lease expires."""
+    with workmatic.create_database(db_path) as db:
+        client = workmatic.create_client(db, "q")
+        ids = [client.add({"n": n}) for n in range(4)]
+        gate, handler = refusing_job_1(db)
+        worker = make(db, handler, concurrency=4, poll_interval=60)
+        worker.start()
+        wait_for(lambda: worker.active == 4)
+        with LockHolder(db_path):
+            gate.set()
+            wait_for(lambda: worker._round is not None and len(worker._round.joined) == 3)
+            slot = next(r.greenlet for r in worker._running.values() if r.job.payload["n"] == 2)
+            assert slot is not None
+            slot.kill(block=True)
+        wait_for(lambda: job_of(db, ids[2]).status == "done")
+        wait_for(lambda: worker.processed == 3)
+        assert [job_of(db, job_id).status for job_id in ids] == ["done", "running", "done", "done"]
+        assert job_of(db, ids[2]).attempts == 0
+        worker.stop(timeout=0.2)
+
+
 def test_a_pause_during_a_split_round_starts_no_more_jobs_and_leaves_none_waiting(
     db: workmatic.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
