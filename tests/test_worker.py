@@ -695,6 +695,21 @@ def refusing_job_1(
     return gate, handler
 
 
+def start_refusing_worker(
+    db: workmatic.Database, jobs: int, **options: Any
+) -> tuple[list[str], gevent.event.Event, workmatic.Worker]:
+    """Add ``jobs`` jobs (``{"n": n}``) and start a worker of 4 slots on them with the
+    handler of :func:`refusing_job_1`; return the ids, its gate and the worker, once all
+    four slots wait at the gate."""
+    client = workmatic.create_client(db, "q")
+    ids = [client.add({"n": n}) for n in range(jobs)]
+    gate, handler = refusing_job_1(db)
+    worker = make(db, handler, concurrency=4, **options)
+    worker.start()
+    wait_for(lambda: worker.active == 4)
+    return ids, gate, worker
+
+
 def test_an_outcome_the_database_refuses_holds_up_no_other(
     db: workmatic.Database, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -703,12 +718,7 @@ def test_an_outcome_the_database_refuses_holds_up_no_other(
     slot records its own job, the other three are recorded and the worker goes on; only
     the refused job's slot keeps retrying it."""
     caplog.set_level(logging.WARNING, logger="workmatic")
-    client = workmatic.create_client(db, "q")
-    ids = [client.add({"n": n}) for n in range(8)]
-    gate, handler = refusing_job_1(db)
-    worker = make(db, handler, concurrency=4, poll_interval=0.05)
-    worker.start()
-    wait_for(lambda: worker.active == 4)
+    ids, gate, worker = start_refusing_worker(db, 8, poll_interval=0.05)
     gate.set()
     wait_for(lambda: worker.processed == 7, timeout=30)
     assert any("on its own" in r.getMessage() for r in caplog.records)
@@ -1340,12 +1350,7 @@ def test_a_slot_that_ended_in_a_round_that_fails_whole_has_its_outcome_recorded(
     refuses job 1's result): each slot records its own job, and the job of the slot that
     ended is recorded too, by a write of its own, not left until its 30 s lease expires."""
     with workmatic.create_database(db_path) as db:
-        client = workmatic.create_client(db, "q")
-        ids = [client.add({"n": n}) for n in range(4)]
-        gate, handler = refusing_job_1(db)
-        worker = make(db, handler, concurrency=4, poll_interval=60)
-        worker.start()
-        wait_for(lambda: worker.active == 4)
+        ids, gate, worker = start_refusing_worker(db, 4, poll_interval=60)
         with LockHolder(db_path):
             gate.set()
             wait_for(lambda: worker._round is not None and len(worker._round.joined) == 3)
