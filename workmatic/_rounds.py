@@ -133,6 +133,10 @@ class _Round:
         """The claims the round records: the leader's first."""
         return [self.running, *(turn.running for turn in self.joined)]
 
+    def outcomes(self) -> list[_sql.Outcome]:
+        """Their outcomes, in the same order."""
+        return [self.outcome, *(turn.outcome for turn in self.joined)]
+
 
 class _RoundWrite(Request):
     """A round's request to the writer. As the writer delivers it, the slots that joined
@@ -152,9 +156,7 @@ class _RoundWrite(Request):
         self.round.queued = False
         if ok:
             if self.round.handed_out:  # its leader ended first: its slots have gone on
-                round_ = self.round
-                outcomes = [round_.outcome, *(turn.outcome for turn in round_.joined)]
-                self.worker._count_outcomes(round_.jobs(), outcomes, value[0])
+                self.worker._count_outcomes(self.round.jobs(), self.round.outcomes(), value[0])
             else:
                 self.worker._hand_out(self.round, value)
         super().set(ok, value)
@@ -180,7 +182,7 @@ def _record_round(
         if len(joined) >= SPLIT_CHUNK:
             _split(worker, round_, started)
         want = 1 + [turn.gone for turn in joined].count(False)
-    outcomes = [round_.outcome, *[turn.outcome for turn in joined]]
+    outcomes = round_.outcomes()
     held = _sql.finish_many(conn, outcomes)
     rows: list[tuple[Any, ...]] = []
     if want and not (worker._stopping or worker._paused):

@@ -408,11 +408,10 @@ class Worker(_Finishing):
         interval = max(0.01, self.lease / 3)
         while True:
             gevent.sleep(interval)
-            sent = [r for r in self._running.values() if not (r.lost or r.finishing)]
-            if not sent:
+            claims = {r.rowid: r for r in self._running.values() if not (r.lost or r.finishing)}
+            if not claims:
                 continue
-            leases = [(r.rowid, r.token) for r in sent]
-            claims = {r.rowid: r for r in sent}
+            leases = [(r.rowid, r.token) for r in claims.values()]
             try:
                 now = now_ms()
                 lost = self.db._write(_sql.renew_and_reap, self.queue, leases, now, self._lease_ms)
